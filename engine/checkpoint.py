@@ -1,0 +1,104 @@
+"""Checkpoints in Dassl's layout, written atomically, read without unsafe unpickling.
+
+Layout (common.md §9.5): `<output>/<model_name>/model.pth.tar-<epoch>` plus a text file
+`checkpoint` naming the latest save. Official files pickle Dassl's scheduler object
+(and the optimizer it references), which torch's safe loader refuses. We never fall
+back to unrestricted unpickling: a restricted unpickler rebuilds tensors and plain
+containers, turns the known scheduler/optimizer classes into inert placeholders
+(their code never runs), and refuses every other global with a clear message.
+"""
+import os
+import pickle
+import re
+import types
+
+import torch
+
+from engine.io import atomic_torch_save, atomic_write_text
+
+CHECKPOINT_PREFIX = "model.pth.tar-"
+
+
+def save_checkpoint(state, save_dir, epoch):
+    """Write `model.pth.tar-<epoch>` and update `checkpoint`; returns the file path."""
+    path = os.path.join(save_dir, f"{CHECKPOINT_PREFIX}{epoch}")
+    atomic_torch_save(state, path)
+    atomic_write_text(os.path.join(save_dir, "checkpoint"), os.path.basename(path) + "\n")
+    print(f"Checkpoint saved to {path}")
+    return path
+
+
+def latest_checkpoint(save_dir):
+    """File named on the first line of `<save_dir>/checkpoint`, or None if there is none."""
+    pointer = os.path.join(save_dir, "checkpoint")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.readline().strip()
+    path = os.path.join(save_dir, name)
+    return path if os.path.isfile(path) else None
+
+
+def checkpoint_epochs(save_dir):
+    """Epochs of the `model.pth.tar-<E>` files present in `save_dir`, ascending."""
+    if not os.path.isdir(save_dir):
+        return []
+    pattern = re.compile(re.escape(CHECKPOINT_PREFIX) + r"(\d+)$")
+    return sorted(int(m.group(1)) for f in os.listdir(save_dir) if (m := pattern.match(f)))
+
+
+class _Placeholder:
+    """Stands in for a pickled scheduler/optimizer object; stores its state, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+# Globals official checkpoint files contain besides tensors: Dassl's warm-up scheduler,
+# the torch scheduler/optimizer objects it references, and standard containers.
+_PLACEHOLDER_MODULES = ("dassl.", "torch.optim.", "trainers.", "utils.")
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "set"),
+    ("builtins", "frozenset"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"),
+    ("builtins", "float"), ("builtins", "int"), ("builtins", "bool"), ("builtins", "str"),
+    ("builtins", "object"), ("copyreg", "_reconstructor"), ("torch", "Size"), ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "float16"), ("torch", "float32"), ("torch", "bfloat16"), ("torch", "float64"),
+    ("torch", "int64"), ("torch", "int32"), ("torch", "bool"), ("torch", "Tensor"),
+    ("torch.nn.parameter", "Parameter"), ("functools", "partial"), ("weakref", "ref"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _SAFE_GLOBALS or module == "torch" and name.endswith("Storage"):
+            return super().find_class(module, name)
+        if module.startswith(_PLACEHOLDER_MODULES):
+            return _Placeholder
+        raise pickle.UnpicklingError(
+            f"Refusing to load '{module}.{name}' from a checkpoint: only tensors, plain containers "
+            "and Dassl's optimizer/scheduler objects are accepted. This file is not a CoOp-family checkpoint "
+            "(or was altered); it is not loaded because unpickling it could run arbitrary code."
+        )
+
+
+_restricted_pickle = types.SimpleNamespace(
+    Unpickler=_RestrictedUnpickler,
+    load=lambda f, **kwargs: _RestrictedUnpickler(f, **kwargs).load(),
+    __name__="restricted_pickle",
+)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint dict (ours or an official one) on the CPU, safely."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Model not found at "{path}"')
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Official files pickle Dassl's scheduler object: read them with the restricted unpickler.
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)

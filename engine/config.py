@@ -1,0 +1,218 @@
+"""Config defaults with Dassl's key names, and `setup_cfg` in the reference merge order.
+
+Order (data_and_protocol.md §4.1): defaults -> every trainer's `TRAINER.<M>` hook ->
+dataset YAML -> method YAML -> CLI flags -> trailing `KEY VALUE` opts -> freeze.
+yacs' rules apply: unknown keys and type changes are errors (here with a hint).
+"""
+import difflib
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from engine.registry import TRAINERS
+
+# Official key names some methods use (e.g. DPC's `SPLE.*`), mapped onto ours.
+# Trainers add entries with `add_key_aliases` when they are imported.
+KEY_ALIASES = {}
+
+
+def add_key_aliases(mapping):
+    KEY_ALIASES.update(mapping)
+
+
+def get_cfg_default():
+    """Dassl's defaults for every key these trainers use."""
+    _C = CN()
+    _C.VERSION = 1
+    _C.OUTPUT_DIR = "./output"
+    _C.RESUME = ""
+    _C.SEED = -1
+    _C.USE_CUDA = True
+    _C.VERBOSE = True
+
+    _C.INPUT = CN()
+    _C.INPUT.SIZE = (224, 224)
+    _C.INPUT.INTERPOLATION = "bilinear"
+    _C.INPUT.TRANSFORMS = ()
+    _C.INPUT.NO_TRANSFORM = False
+    _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+    _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+    _C.INPUT.CROP_PADDING = 4
+    _C.INPUT.RRCROP_SCALE = (0.08, 1.0)
+    _C.INPUT.COLORJITTER_B = 0.4
+    _C.INPUT.COLORJITTER_C = 0.4
+    _C.INPUT.COLORJITTER_S = 0.4
+    _C.INPUT.COLORJITTER_H = 0.1
+    _C.INPUT.RGS_P = 0.2
+    _C.INPUT.GB_P = 0.5
+    _C.INPUT.GB_K = 21
+
+    _C.DATASET = CN()
+    _C.DATASET.ROOT = ""
+    _C.DATASET.SOURCE_DOMAINS = ()
+    _C.DATASET.TARGET_DOMAINS = ()
+    _C.DATASET.NAME = ""
+    _C.DATASET.NUM_SHOTS = -1
+    _C.DATASET.SUBSAMPLE_CLASSES = "all"  # all | base | new
+
+    _C.DATALOADER = CN()
+    _C.DATALOADER.NUM_WORKERS = 4
+    _C.DATALOADER.K_TRANSFORMS = 1
+    _C.DATALOADER.RETURN_IMG0 = False
+    _C.DATALOADER.TRAIN_X = CN()
+    _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
+    _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
+    _C.DATALOADER.TEST = CN()
+    _C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
+    _C.DATALOADER.TEST.BATCH_SIZE = 32
+
+    _C.MODEL = CN()
+    _C.MODEL.INIT_WEIGHTS = ""
+    _C.MODEL.BACKBONE = CN()
+    _C.MODEL.BACKBONE.NAME = ""  # CLIP name (e.g. ViT-B/16) or path to an OpenAI-format checkpoint
+    _C.MODEL.BACKBONE.PRETRAINED = True
+    _C.MODEL.HEAD = CN()
+    _C.MODEL.HEAD.NAME = ""
+
+    _C.OPTIM = CN()
+    _C.OPTIM.NAME = "adam"
+    _C.OPTIM.LR = 0.0003
+    _C.OPTIM.WEIGHT_DECAY = 5e-4
+    _C.OPTIM.MOMENTUM = 0.9
+    _C.OPTIM.SGD_DAMPNING = 0
+    _C.OPTIM.SGD_NESTEROV = False
+    _C.OPTIM.RMSPROP_ALPHA = 0.99
+    _C.OPTIM.ADAM_BETA1 = 0.9
+    _C.OPTIM.ADAM_BETA2 = 0.999
+    _C.OPTIM.STAGED_LR = False
+    _C.OPTIM.NEW_LAYERS = ()
+    _C.OPTIM.BASE_LR_MULT = 0.1
+    _C.OPTIM.LR_SCHEDULER = "single_step"
+    _C.OPTIM.STEPSIZE = (-1,)
+    _C.OPTIM.GAMMA = 0.1
+    _C.OPTIM.MAX_EPOCH = 10
+    _C.OPTIM.WARMUP_EPOCH = -1
+    _C.OPTIM.WARMUP_TYPE = "linear"
+    _C.OPTIM.WARMUP_CONS_LR = 1e-5
+    _C.OPTIM.WARMUP_MIN_LR = 1e-5
+    _C.OPTIM.WARMUP_RECOUNT = True
+
+    _C.TRAIN = CN()
+    _C.TRAIN.CHECKPOINT_FREQ = 0
+    _C.TRAIN.PRINT_FREQ = 10
+    _C.TRAIN.COUNT_ITER = "train_x"
+
+    _C.TEST = CN()
+    _C.TEST.EVALUATOR = "Classification"
+    _C.TEST.PER_CLASS_RESULT = False
+    _C.TEST.COMPUTE_CMAT = False
+    _C.TEST.NO_TEST = False
+    _C.TEST.SPLIT = "test"
+    _C.TEST.FINAL_MODEL = "last_step"
+    # Ours: compute image-independent text features once per evaluation (same numbers, faster).
+    _C.TEST.CACHE_TEXT_FEATURES = True
+
+    _C.TRAINER = CN()
+    _C.TRAINER.NAME = ""
+    return _C
+
+
+def _flatten(node, prefix=""):
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, full + ".")
+        else:
+            yield full, value
+
+
+def _unflatten(pairs):
+    root = {}
+    for full, value in pairs:
+        node = root
+        *parents, leaf = full.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return root
+
+
+def _check_key(cfg, key, source):
+    node = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, CN) or part not in node:
+            prefix = ".".join(parts[:depth])
+            siblings = list(node.keys()) if isinstance(node, CN) else []
+            guess = difflib.get_close_matches(part, siblings, n=1)
+            hint = f" Did you mean '{prefix + '.' if prefix else ''}{guess[0]}'?" if guess else ""
+            raise KeyError(f"Unknown config key '{key}' (from {source}).{hint}")
+        node = node[part]
+
+
+def _resolve_alias(key):
+    return KEY_ALIASES.get(key, key)
+
+
+def merge_from_file(cfg, path):
+    """Merge a YAML file; official alias keys are renamed, unknown keys fail with a hint."""
+    with open(path) as f:
+        loaded = yaml.safe_load(f) or {}
+    pairs = [(_resolve_alias(k), v) for k, v in _flatten(loaded)]
+    for key, _ in pairs:
+        _check_key(cfg, key, path)
+    try:
+        cfg.merge_from_other_cfg(CN(_unflatten(pairs)))
+    except ValueError as err:
+        raise ValueError(f"Bad value in {path}: {err}") from err
+
+
+def merge_from_list(cfg, opts):
+    """Merge trailing `KEY VALUE` pairs from the command line."""
+    if len(opts) % 2:
+        raise ValueError(f"Trailing options must be KEY VALUE pairs, got an odd number: {opts}")
+    renamed = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        key = _resolve_alias(key)
+        _check_key(cfg, key, "the command line")
+        renamed += [key, value]
+    try:
+        cfg.merge_from_list(renamed)
+    except ValueError as err:
+        raise ValueError(f"Bad command-line value: {err}. Floats need a decimal point (e.g. 1.0).") from err
+
+
+def build_cfg():
+    """Defaults plus every registered trainer's `TRAINER.<M>` node (before any YAML merge)."""
+    cfg = get_cfg_default()
+    for add_defaults in TRAINERS.config_hooks():
+        add_defaults(cfg)
+    return cfg
+
+
+def setup_cfg(args):
+    """The reference merge order: defaults, dataset YAML, method YAML, CLI flags, opts."""
+    cfg = build_cfg()
+    if args.dataset_config_file:
+        merge_from_file(cfg, args.dataset_config_file)
+    if args.config_file:
+        merge_from_file(cfg, args.config_file)
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.output_dir:
+        cfg.OUTPUT_DIR = args.output_dir
+    if args.resume:
+        cfg.RESUME = args.resume
+    if args.seed is not None and args.seed >= 0:  # seed 0 is a valid seed here (README "Differences")
+        cfg.SEED = args.seed
+    if args.transforms:
+        cfg.INPUT.TRANSFORMS = args.transforms
+    if args.trainer:
+        cfg.TRAINER.NAME = args.trainer
+    if args.backbone:
+        cfg.MODEL.BACKBONE.NAME = args.backbone
+    if args.head:
+        cfg.MODEL.HEAD.NAME = args.head
+    merge_from_list(cfg, args.opts)
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,47 @@
+"""Name -> class registries for trainers and datasets (the only two registries)."""
+import difflib
+
+
+class Registry:
+    """Maps the CoOp-family names (`CoOp`, `Caltech101`, ...) to classes.
+
+    A trainer may also register a config hook (adds its `TRAINER.<M>` defaults)
+    and config key aliases (official key names mapped onto ours).
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._entries = {}
+        self._config_hooks = []
+
+    def register(self, name, *, aliases=(), config=None):
+        def add(cls):
+            for key in (name, *aliases):
+                if key in self._entries:
+                    raise KeyError(f"{self.kind} '{key}' is registered twice")
+                self._entries[key] = cls
+            if config is not None and config not in self._config_hooks:
+                self._config_hooks.append(config)
+            return cls
+
+        return add
+
+    def get(self, name):
+        if name not in self._entries:
+            guess = difflib.get_close_matches(name, list(self._entries), n=1)
+            hint = f" Did you mean '{guess[0]}'?" if guess else ""
+            raise KeyError(f"Unknown {self.kind} '{name}'.{hint} Known: {', '.join(sorted(self._entries))}")
+        return self._entries[name]
+
+    def names(self):
+        return sorted(self._entries)
+
+    def config_hooks(self):
+        return list(self._config_hooks)
+
+    def __contains__(self, name):
+        return name in self._entries
+
+
+TRAINERS = Registry("trainer")
+DATASETS = Registry("dataset")

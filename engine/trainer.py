@@ -1,0 +1,396 @@
+"""The trainer loop (Dassl's `TrainerX`, lean): build, train, checkpoint, resume, test.
+
+A method subclasses `TrainerBase` and provides `build_model` and `compute_loss`; the
+engine owns the data, the optimizer step (precision, scaler, NaN check), the per-epoch
+LR schedule, printing, checkpoints, auto-resume and evaluation. Construction order and
+RNG use follow the reference (common.md §9, §12): data loaders first, then CLIP, then
+the method's parameters; one `iter()` of the train loader per epoch.
+"""
+import datetime
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.checkpoint import (CHECKPOINT_PREFIX, checkpoint_epochs, latest_checkpoint, load_checkpoint,
+                               save_checkpoint)
+from engine.clip_loading import load_clip_to_cpu
+from engine.data import DataManager
+from engine.evaluator import Classification
+from engine.io import atomic_torch_save, atomic_write_json
+from engine.optim import build_lr_scheduler, build_optimizer
+from engine.precision import resolve_precision
+from engine.registry import TRAINERS
+
+# Buffers computed from the current class names; never taken from a checkpoint, which is
+# what lets a prompt trained on base classes be evaluated on new ones (common.md §2).
+CLASS_DEPENDENT_BUFFERS = ("token_prefix", "token_suffix", "token_midfix")
+RESUME_FILE = "resume.pth.tar"
+
+
+@dataclass
+class Batch:
+    """One training batch on the run's device."""
+    images: torch.Tensor   # (B, 3, H, W)
+    labels: torch.Tensor   # (B,)
+    impaths: list
+
+
+class AverageMeter:
+    def __init__(self):
+        self.val = self.avg = self.sum = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        self.val = val
+        self.sum += val * n
+        self.count += n
+        self.avg = self.sum / self.count
+
+
+def set_random_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def _rng_state():
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainerBase:
+    """Base class of every registered trainer.
+
+    Subclass attributes:
+        config_node: the `TRAINER.<NODE>` holding the method's keys (its `PREC` is used).
+        checkpoint_name: checkpoint folder name, as in the official code.
+        trainable: name prefixes (in `self.model.named_parameters()`) that stay trainable.
+    """
+
+    config_node = "COOP"
+    checkpoint_name = "prompt_learner"
+    trainable = ("prompt_learner",)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.output_dir = cfg.OUTPUT_DIR
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.precision = resolve_precision(self.prec, self.device)
+        self.scaler = self.precision.grad_scaler()
+
+        self.dm = DataManager(cfg, use_cuda=self.device.type == "cuda")
+        self.train_loader_x = self.dm.train_loader_x
+        self.val_loader = self.dm.val_loader
+        self.test_loader = self.dm.test_loader
+        self.num_classes = self.dm.num_classes
+        self.lab2cname = self.dm.lab2cname
+        self.classnames = self.dm.classnames
+
+        self.model = self.build_trainer_model()
+        self.optim = build_optimizer(self.model.parameters(), cfg.OPTIM) if self.has_trainable else None
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM) if self.optim else None
+        self.evaluator = Classification(self.lab2cname, cfg.TEST.PER_CLASS_RESULT)
+
+    # ------------------------------------------------------------------------------
+    # What a method provides
+    # ------------------------------------------------------------------------------
+    @property
+    def prec(self):
+        return self.cfg.TRAINER[self.config_node].PREC
+
+    def build_model(self, clip_model, classnames):
+        """Return the nn.Module (frozen CLIP + learnable parts); runs on the CPU."""
+        raise NotImplementedError
+
+    def compute_loss(self, batch):
+        """Return `(loss, logits)`; logits may be None (then no `acc` is logged)."""
+        raise NotImplementedError
+
+    def model_inference(self, images, text_features=None):
+        """Logits at test time; `text_features` are the cached ones when the model has them."""
+        if text_features is not None:
+            return self.model(images, text_features=text_features)
+        return self.model(images)
+
+    def checkpoint_module(self):
+        """The module whose state dict is saved (the official registered model)."""
+        return self.model.prompt_learner
+
+    def checkpoint_state_dict(self):
+        return self.checkpoint_module().state_dict()
+
+    def load_checkpoint_state_dict(self, state_dict):
+        """Load weights from a checkpoint, recomputing class-dependent buffers."""
+        state_dict = {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS}
+        module = self.checkpoint_module()
+        try:
+            missing, unexpected = module.load_state_dict(state_dict, strict=False)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"The checkpoint does not fit this model ({err}). A class-specific context (CSC) only "
+                "transfers to the same number of classes; other shapes must match the training config."
+            ) from err
+        missing = [k for k in missing if k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS and self.is_trainable(k)]
+        if missing or unexpected:
+            print(f"Warning: checkpoint keys missing {missing}, unexpected {unexpected}")
+
+    # ------------------------------------------------------------------------------
+    # Model construction
+    # ------------------------------------------------------------------------------
+    def is_trainable(self, name):
+        return name.startswith(self.trainable)
+
+    def build_trainer_model(self):
+        cfg = self.cfg
+        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        clip_model = self.precision.prepare_clip(load_clip_to_cpu(cfg.MODEL.BACKBONE.NAME))
+        if tuple(cfg.INPUT.SIZE) != (clip_model.visual.input_resolution,) * 2:
+            raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP input resolution "
+                             f"{clip_model.visual.input_resolution}")
+        print("Building custom CLIP")
+        model = self.build_model(clip_model, self.classnames)
+        print("Turning off gradients in both the image and the text encoder")
+        for name, param in model.named_parameters():
+            param.requires_grad_(self.is_trainable(name))
+        enabled = sorted(name for name, p in model.named_parameters() if p.requires_grad)
+        print(f"Parameters to be updated: {enabled}")
+        self.has_trainable = bool(enabled)
+        return model.to(self.device)
+
+    # ------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------
+    def train(self):
+        if not self.has_trainable:
+            raise ValueError(f"Trainer {self.cfg.TRAINER.NAME} has nothing to train; run it with --eval-only")
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self):
+        directory = self.cfg.RESUME or self.output_dir
+        self.start_epoch = self.resume_model_if_exist(directory)
+        self.time_start = time.time()
+
+    def run_epoch(self):
+        self.model.train()
+        meters = {}
+        batch_time, data_time = AverageMeter(), AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            for key, value in summary.items():
+                meters.setdefault(key, AverageMeter()).update(value)
+            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                left = self.num_batches - self.batch_idx - 1 + (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * left)))
+                losses = " ".join(f"{k} {m.val:.4f} ({m.avg:.4f})" for k, m in meters.items())
+                print(f"epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}] "
+                      f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) data {data_time.val:.3f} ({data_time.avg:.3f}) "
+                      f"{losses} lr {self.optim.param_groups[0]['lr']:.4e} eta {eta}")
+            end = time.time()
+
+    def parse_batch_train(self, batch):
+        return Batch(batch["img"].to(self.device, non_blocking=True),
+                     batch["label"].to(self.device, non_blocking=True), batch["impath"])
+
+    def forward_backward(self, batch):
+        """One step: loss -> zero_grad -> NaN check -> backward -> SGD step (-> LR step)."""
+        batch = self.parse_batch_train(batch)
+        with self.precision.autocast():
+            loss, logits = self.compute_loss(batch)
+        self.optim.zero_grad()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+        else:
+            if not torch.isfinite(loss).all():
+                raise FloatingPointError("Loss is infinite or NaN!")
+            loss.backward()
+            self.optim.step()
+        summary = {"loss": loss.item()}
+        if logits is not None:
+            summary["acc"] = 100.0 * logits.argmax(dim=1).eq(batch.labels).float().mean().item()
+        if self.batch_idx + 1 == self.num_batches:
+            self.sched.step()
+        return summary
+
+    def after_epoch(self):
+        last_epoch = self.epoch + 1 == self.max_epoch
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        if self.cfg.TEST.FINAL_MODEL == "best_val" and not self.cfg.TEST.NO_TEST:
+            result = self.test(split="val", write_results=False)
+            if result > getattr(self, "best_result", -np.inf):
+                self.best_result = result
+                self.save_model(self.epoch, file_name="model-best.pth.tar", val_result=result)
+        if last_epoch or (freq > 0 and (self.epoch + 1) % freq == 0):
+            self.save_model(self.epoch)
+        if not last_epoch:
+            self.save_resume_state()
+
+    def after_train(self):
+        print("Finish training")
+        resume_path = os.path.join(self.output_dir, self.checkpoint_name, RESUME_FILE)
+        if os.path.exists(resume_path):
+            os.remove(resume_path)  # superseded by the final checkpoint
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+                self.loaded_epoch = self.max_epoch
+            self.test()
+        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
+        print(f"Elapsed: {elapsed}")
+
+    # ------------------------------------------------------------------------------
+    # Checkpoints and resume
+    # ------------------------------------------------------------------------------
+    def _training_state(self, epoch):
+        return {"state_dict": self.checkpoint_state_dict(), "epoch": epoch + 1,
+                "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict()}
+
+    def save_model(self, epoch, file_name=None, val_result=None):
+        state = self._training_state(epoch)
+        state["val_result"] = val_result
+        save_dir = os.path.join(self.output_dir, self.checkpoint_name)
+        if file_name:
+            path = os.path.join(save_dir, file_name)
+            atomic_torch_save(state, path)
+            print(f"Checkpoint saved to {path}")
+        else:
+            save_checkpoint(state, save_dir, epoch + 1)
+
+    def save_resume_state(self):
+        """After every epoch: weights, optimizer, scheduler and RNG states, so an interrupted
+        run continues exactly where it stopped (the official code only saves the last epoch)."""
+        state = self._training_state(self.epoch)
+        state["rng"] = _rng_state()
+        atomic_torch_save(state, os.path.join(self.output_dir, self.checkpoint_name, RESUME_FILE))
+
+    def resume_model_if_exist(self, directory):
+        """Restore the newest of the last checkpoint and the per-epoch resume state."""
+        save_dir = os.path.join(directory, self.checkpoint_name)
+        candidates = [p for p in (latest_checkpoint(save_dir), os.path.join(save_dir, RESUME_FILE))
+                      if p and os.path.isfile(p)]
+        if not candidates:
+            return 0
+        states = [(load_checkpoint(p), p) for p in candidates]
+        state, path = max(states, key=lambda s: s[0]["epoch"])
+        print(f"Found checkpoint at {directory} (will resume training)")
+        print(f'Loading checkpoint from "{path}"')
+        self.load_checkpoint_state_dict(state["state_dict"])
+        print("Loaded model weights")
+        self.optim.load_state_dict(state["optimizer"])
+        print("Loaded optimizer")
+        self.sched.load_state_dict(state["scheduler"])
+        print("Loaded scheduler")
+        if "rng" in state:
+            _set_rng_state(state["rng"])
+        print(f"Previous epoch: {state['epoch']}")
+        return state["epoch"]
+
+    def load_model(self, directory, epoch=None):
+        """Load `<dir>/<name>/model.pth.tar-<epoch>` (negative: the latest; None: model-best,
+        else the latest) for evaluation."""
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        save_dir = os.path.join(directory, self.checkpoint_name)
+        if epoch is None and os.path.exists(os.path.join(save_dir, "model-best.pth.tar")):
+            path = os.path.join(save_dir, "model-best.pth.tar")
+        else:
+            if epoch is None or epoch < 0:
+                epochs = checkpoint_epochs(save_dir)
+                if not epochs:
+                    raise FileNotFoundError(f'No checkpoint "{CHECKPOINT_PREFIX}<E>" found in "{save_dir}"')
+                epoch = epochs[-1]
+            path = os.path.join(save_dir, f"{CHECKPOINT_PREFIX}{epoch}")
+        checkpoint = load_checkpoint(path)
+        print(f'Loading weights to {self.checkpoint_name} from "{path}" (epoch = {checkpoint.get("epoch")})')
+        self.load_checkpoint_state_dict(checkpoint["state_dict"])
+        self.loaded_epoch = checkpoint.get("epoch")
+
+    # ------------------------------------------------------------------------------
+    # Evaluation
+    # ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def test(self, split=None, write_results=True):
+        """Evaluate, print the result block, write `results.json`; returns the accuracy."""
+        self.model.eval()
+        self.evaluator.reset()
+        split = split or self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            loader = self.val_loader
+        else:
+            split, loader = "test", self.test_loader
+        print(f"Evaluate on the *{split}* set")
+        with self.precision.autocast():
+            text_features = self.cached_text_features()
+            for batch in tqdm(loader, desc=f"eval {split}", leave=False, disable=None):
+                images = batch["img"].to(self.device, non_blocking=True)
+                labels = batch["label"].to(self.device, non_blocking=True)
+                self.evaluator.process(self.model_inference(images, text_features), labels)
+        results = self.evaluator.evaluate()
+        if write_results:
+            self.write_results(split, results)
+        return results["accuracy"]
+
+    def cached_text_features(self):
+        """Image-independent text features, computed once per evaluation when the model can."""
+        encode_text = getattr(self.model, "encode_text", None)
+        if self.cfg.TEST.CACHE_TEXT_FEATURES and callable(encode_text):
+            return encode_text()
+        return None
+
+    def write_results(self, split, results):
+        cfg = self.cfg
+        record = {
+            "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME,
+            "subsample": cfg.DATASET.SUBSAMPLE_CLASSES, "num_shots": cfg.DATASET.NUM_SHOTS,
+            "seed": cfg.SEED, "backbone": cfg.MODEL.BACKBONE.NAME, "split": split,
+            "epoch": getattr(self, "loaded_epoch", None),
+            "num_classes": self.num_classes,
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()},
+            "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        atomic_write_json(os.path.join(self.output_dir, "results.json"), record, indent=2)
+
+
+def build_trainer(cfg):
+    print(f"Loading trainer: {cfg.TRAINER.NAME}")
+    trainer_cls = TRAINERS.get(cfg.TRAINER.NAME)
+    print(f"Loading dataset: {cfg.DATASET.NAME}")
+    return trainer_cls(cfg)
+

@@ -1,0 +1,211 @@
+"""Shared prompt machinery: context init, prompt assembly, prompted text encoder, logits.
+
+Everything here is written once and reused by every method (common.md §2-§6):
+- `init_context`: learnable context from a phrase or N(0, 0.02^2), in the model dtype;
+- `ClassPrompts`: tokenized templates, EOT indices, the frozen SOT/suffix embeddings;
+- `assemble_prompts`: [SOT] ctx suffix for the end/middle/front class-token positions;
+- `PromptedTextEncoder`: CLIP's text transformer fed prompt embeddings instead of token ids,
+  run only up to the last EOT (decision 10: the causal mask makes later tokens irrelevant);
+- `clip_logits` and `PromptedCLIP`, the base model with cached-text-feature evaluation.
+Nothing assumes ViT-B/16 sizes: widths, lengths and layer counts are read from the model.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from engine.clip_loading import clip
+
+_tokenizer = clip.simple_tokenizer.SimpleTokenizer()
+
+
+def tokenize(texts):
+    """CLIP tokenization to (N, 77) int64; over-long texts raise as in CLIP."""
+    return clip.tokenize(texts).long()
+
+
+def class_text(classname):
+    """Class names keep `_` in the split files; prompts show spaces."""
+    return classname.replace("_", " ")
+
+
+@dataclass
+class ContextInit:
+    ctx: torch.Tensor      # (n_ctx, dim) or (n_cls, n_ctx, dim) with CSC
+    prompt_prefix: str     # text in front of the class name in the templates
+    n_ctx: int
+
+
+def init_context(clip_model, n_ctx, ctx_init="", n_cls=None, phrase_sets_length=True):
+    """Learnable context, from a phrase or N(0, 0.02^2), in the model dtype (common.md §3).
+
+    Args:
+        phrase_sets_length: CoOp-family convention: a phrase sets n_ctx to its word count.
+            MaPLe-family (False): the phrase is used only if n_ctx <= 4, its first n_ctx
+            tokens become ctx and the whole phrase stays in the template.
+        n_cls: class-specific context (CSC); ignored with a phrase init, as in the reference.
+    """
+    dtype = clip_model.dtype
+    phrase = ctx_init.replace("_", " ") if ctx_init else ""
+    if phrase and (phrase_sets_length or n_ctx <= 4):
+        if phrase_sets_length:
+            n_ctx = len(phrase.split(" "))
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(tokenize(phrase)).type(dtype)
+        ctx = embedding[0, 1:1 + n_ctx].clone()
+        prefix = phrase
+    else:
+        shape = (n_cls, n_ctx, clip_model.ln_final.weight.shape[0]) if n_cls else \
+            (n_ctx, clip_model.ln_final.weight.shape[0])
+        # Reference behaviour: fill an empty tensor of the model dtype in place (common.md §3).
+        ctx = torch.empty(*shape, dtype=dtype)
+        nn.init.normal_(ctx, std=0.02)
+        prefix = " ".join(["X"] * n_ctx)
+    print(f'Initial context: "{prefix}"')
+    print(f"Number of context words (tokens): {n_ctx}")
+    return ContextInit(ctx, prefix, n_ctx)
+
+
+@dataclass
+class ClassPrompts:
+    """Frozen pieces of `"<prefix> <classname>."` per class; `n_ctx` slots after SOT are learned.
+
+    Prompt learners register `token_prefix` and `token_suffix` as buffers under these
+    official names; they are rebuilt from the current class names, never loaded.
+    """
+    tokenized: torch.Tensor     # (n_cls, 77) token ids; EOT = argmax
+    token_prefix: torch.Tensor  # (n_cls, 1, dim): SOT
+    token_suffix: torch.Tensor  # (n_cls, 77 - 1 - n_ctx, dim): class name, '.', EOT, padding
+    name_lens: list             # BPE tokens per class name (middle/front positions)
+    texts: list                 # the template strings
+
+
+def build_class_prompts(clip_model, classnames, prompt_prefix, n_ctx):
+    names = [class_text(name) for name in classnames]
+    texts = [f"{prompt_prefix} {name}." for name in names]
+    tokenized = tokenize(texts)
+    with torch.no_grad():
+        embedding = clip_model.token_embedding(tokenized).type(clip_model.dtype)
+    return ClassPrompts(tokenized, embedding[:, :1, :], embedding[:, 1 + n_ctx:, :],
+                        [len(_tokenizer.encode(name)) for name in names], texts)
+
+
+def assemble_prompts(ctx, prefix, suffix, name_lens=None, position="end"):
+    """Concatenate [SOT] ctx suffix along the token axis (common.md §4).
+
+    ctx: (n_ctx, dim) shared or (n_cls, n_ctx, dim) class-specific.
+    Returns (n_cls, n_tokens, dim).
+    """
+    n_cls = prefix.shape[0]
+    if ctx.dim() == 2:
+        ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
+    if position == "end":
+        return torch.cat([prefix, ctx, suffix], dim=1)
+    if position not in ("middle", "front"):
+        raise ValueError(f"CLASS_TOKEN_POSITION must be end, middle or front, got {position!r}")
+    half = ctx.shape[1] // 2
+    prompts = []
+    for i, name_len in enumerate(name_lens):
+        name, rest = suffix[i:i + 1, :name_len], suffix[i:i + 1, name_len:]
+        ctx_i = ctx[i:i + 1]
+        if position == "middle":
+            parts = [prefix[i:i + 1], ctx_i[:, :half], name, ctx_i[:, half:], rest]
+        else:
+            parts = [prefix[i:i + 1], name, ctx_i, rest]
+        prompts.append(torch.cat(parts, dim=1))
+    return torch.cat(prompts, dim=0)
+
+
+def eot_indices(tokenized_prompts):
+    """EOT position per prompt: EOT has the largest token id."""
+    return tokenized_prompts.argmax(dim=-1)
+
+
+def causal_mask(length, dtype, device):
+    """CLIP's additive causal mask for `length` tokens."""
+    return torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu_(1)
+
+
+def run_block(block, x, attn_mask=None):
+    """One of CLIP's own residual blocks on an LND sequence of any length.
+
+    Same operations as `ResidualAttentionBlock.forward`, but with a mask for the actual
+    length (the block's stored mask is fixed at 77 tokens).
+    """
+    y = block.ln_1(x)
+    x = x + block.attn(y, y, y, need_weights=False, attn_mask=attn_mask)[0]
+    return x + block.mlp(block.ln_2(x))
+
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP's `encode_text` with prompt embeddings in place of the token lookup (common.md §5).
+
+    Attribute names match the official `TextEncoder`, so whole-model checkpoints
+    (`text_encoder.transformer...`) line up.
+    """
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.transformer = clip_model.transformer
+        self.positional_embedding = clip_model.positional_embedding
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        self.dtype = clip_model.dtype
+
+    def forward(self, prompts, tokenized_prompts):
+        """prompts: (n, 77, dim) embeddings; tokenized_prompts: (n, 77). Returns (n, embed_dim)."""
+        eot = eot_indices(tokenized_prompts).to(prompts.device)
+        length = int(eot.max()) + 1  # positions after the last EOT never reach any EOT
+        x = prompts[:, :length] + self.positional_embedding[:length].type(self.dtype)
+        x = x.permute(1, 0, 2)  # NLD -> LND
+        mask = causal_mask(length, x.dtype, x.device)
+        for block in self.transformer.resblocks:
+            x = run_block(block, x, mask)
+        x = x.permute(1, 0, 2)  # LND -> NLD
+        x = self.ln_final(x).type(self.dtype)
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
+
+
+def encode_token_ids(text_encoder, token_embedding, tokenized):
+    """Hand-crafted text features of token ids through the (truncating) prompted encoder."""
+    with torch.no_grad():
+        embedding = token_embedding(tokenized).type(text_encoder.dtype)
+    return text_encoder(embedding, tokenized)
+
+
+def clip_logits(image_features, text_features, logit_scale):
+    """`logit_scale.exp() * normalize(f) @ normalize(t).T`, the scale applied first (common.md §6)."""
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    return logit_scale.exp() * image_features @ text_features.t()
+
+
+class PromptedCLIP(nn.Module):
+    """Frozen CLIP plus learned prompts. Subclasses implement `encode_text()`.
+
+    `forward(images, text_features=None)` returns logits; the engine passes text features it
+    computed once per evaluation, since they do not depend on the image.
+    """
+
+    frozen_image_encoder = True  # False when prompts enter the image tower (MaPLe, ...)
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.image_encoder = clip_model.visual
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.logit_scale = clip_model.logit_scale
+        self.dtype = clip_model.dtype
+
+    def encode_text(self):
+        """Text features (n_cls, embed_dim) of the current class prompts."""
+        raise NotImplementedError
+
+    def encode_image(self, images):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_image_encoder):
+            return self.image_encoder(images.type(self.dtype))
+
+    def forward(self, images, text_features=None):
+        if text_features is None:
+            text_features = self.encode_text()
+        return clip_logits(self.encode_image(images), text_features, self.logit_scale)
+
