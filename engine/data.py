@@ -294,6 +294,7 @@ class DatasetBase:
         os.makedirs(self.split_fewshot_dir, exist_ok=True)
 
         train, val, test = self.read_full_splits()
+        self.train_full = train  # every class, before few-shot sampling (DPC's picture library)
         if self.test_only:
             train = val = test
         else:
