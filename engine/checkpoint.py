@@ -73,8 +73,12 @@ _SAFE_GLOBALS = {
 }
 
 
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        module = _PY2_MODULES.get(module, module)  # protocol-2 pickles name Python 2 modules
         if (module, name) in _SAFE_GLOBALS or module == "torch" and name.endswith("Storage"):
             return super().find_class(module, name)
         if module.startswith(_PLACEHOLDER_MODULES):

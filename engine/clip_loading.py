@@ -8,6 +8,7 @@ the reference, and converts weights to fp16.
 """
 import os
 import warnings
+import zipfile
 
 import torch
 
@@ -36,11 +37,20 @@ def resolve_backbone_path(name):
 def load_clip_to_cpu(name):
     """Build CLIP on the CPU in the reference's mixed fp16/fp32 precision, in eval mode."""
     path = resolve_backbone_path(name)
-    try:
-        jit_model = torch.jit.load(path, map_location="cpu").eval()
-        state_dict = jit_model.state_dict()
-    except RuntimeError:
+    if _is_jit_archive(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load is deprecated; the official files are JIT
+            state_dict = torch.jit.load(path, map_location="cpu").eval().state_dict()
+    else:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+        if isinstance(state_dict.get("state_dict"), dict):
             state_dict = state_dict["state_dict"]
     return build_model(state_dict).eval()
+
+
+def _is_jit_archive(path):
+    """OpenAI's released files are TorchScript archives (a zip holding `constants.pkl`)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())

@@ -5,6 +5,7 @@ weights (`MODEL.BACKBONE.NAME` = the file). Sizes are deliberately unlike ViT-B/
 nothing can silently assume 768/512/12. CLI: `python -m tests.helpers.tiny_clip OUT.pt`.
 """
 import argparse
+import math
 import warnings
 
 import torch
@@ -22,6 +23,7 @@ def make_tiny_clip(path, seed=0, **overrides):
     """Write a random tiny CLIP (fp16 weights, like OpenAI's) to `path`; returns the path."""
     torch.manual_seed(seed)
     model = CLIP(**{**TINY_CLIP, **overrides})
+    model.logit_scale.data.fill_(math.log(100.0))  # as in the released weights: exp() = 100
     convert_weights(model)
     torch.save(model.state_dict(), path)
     return str(path)

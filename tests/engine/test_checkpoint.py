@@ -1,0 +1,74 @@
+"""Checkpoint files: atomic layout, official files with pickled schedulers, refusal of code."""
+import os
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+from engine.checkpoint import checkpoint_epochs, latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+def make_official_style_checkpoint(path, state_dict, epoch):
+    """A file laid out like Dassl's: the scheduler is a pickled Dassl warm-up object that
+    holds a CosineAnnealingLR object, which references the SGD optimizer."""
+    module = types.ModuleType("dassl.optim.lr_scheduler")
+
+    class ConstantWarmupScheduler:
+        pass
+
+    ConstantWarmupScheduler.__module__ = module.__name__
+    ConstantWarmupScheduler.__qualname__ = "ConstantWarmupScheduler"
+    module.ConstantWarmupScheduler = ConstantWarmupScheduler
+    fake_modules = {"dassl": types.ModuleType("dassl"), "dassl.optim": types.ModuleType("dassl.optim"),
+                    module.__name__: module}
+    sys.modules.update(fake_modules)
+    try:
+        param = torch.nn.Parameter(torch.zeros(2))
+        optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+        successor = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 4.0)
+        scheduler_state = {"successor": successor, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": epoch,
+                           "wrapper": ConstantWarmupScheduler()}
+        torch.save({"state_dict": state_dict, "epoch": epoch, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler_state, "val_result": None}, path)
+    finally:
+        for name in fake_modules:
+            del sys.modules[name]
+
+
+def test_save_writes_pointer_and_loads_weights_only(tmp_path):
+    path = save_checkpoint({"state_dict": {"ctx": torch.ones(2, 3)}, "epoch": 5}, str(tmp_path), 5)
+    assert os.path.basename(path) == "model.pth.tar-5"
+    assert latest_checkpoint(str(tmp_path)) == path
+    assert checkpoint_epochs(str(tmp_path)) == [5]
+    assert torch.equal(load_checkpoint(path)["state_dict"]["ctx"], torch.ones(2, 3))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_official_file_with_pickled_scheduler_loads(tmp_path):
+    path = tmp_path / "model.pth.tar-50"
+    ctx = torch.randn(4, 8).half()
+    make_official_style_checkpoint(path, {"ctx": ctx, "token_prefix": torch.zeros(3, 1, 8)}, 50)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # why the restricted loader exists
+    checkpoint = load_checkpoint(str(path))
+    assert checkpoint["epoch"] == 50
+    assert torch.equal(checkpoint["state_dict"]["ctx"], ctx)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_file_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "model.pth.tar-1"
+    torch.save({"state_dict": {}, "epoch": 1, "payload": _Exploit()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Refusing to load"):
+        load_checkpoint(str(path))
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Model not found"):
+        load_checkpoint(str(tmp_path / "prompt_learner" / "model.pth.tar-3"))

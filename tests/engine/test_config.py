@@ -1,0 +1,86 @@
+"""Config merge order, yacs strictness and clear errors for bad keys and names."""
+import argparse
+
+import pytest
+
+import trainers  # noqa: F401  (registers TRAINER.<M> hooks)
+from engine.config import KEY_ALIASES, add_key_aliases, build_cfg, merge_from_file, merge_from_list, setup_cfg
+from engine.registry import Registry, TRAINERS
+from train import build_parser
+
+
+def args_for(argv):
+    return build_parser().parse_args(argv)
+
+
+def test_merge_order_dataset_then_method_then_flags_then_opts(tmp_path):
+    dataset_yaml = tmp_path / "d.yaml"
+    dataset_yaml.write_text("DATASET:\n  NAME: Caltech101\nOPTIM:\n  LR: 0.5\n")
+    method_yaml = tmp_path / "m.yaml"
+    method_yaml.write_text("OPTIM:\n  LR: 0.25\n  MAX_EPOCH: 7\nMODEL:\n  BACKBONE:\n    NAME: ViT-B/16\n")
+    cfg = setup_cfg(args_for([
+        "--dataset-config-file", str(dataset_yaml), "--config-file", str(method_yaml),
+        "--backbone", "RN50", "--seed", "3", "--trainer", "CoOp", "OPTIM.MAX_EPOCH", "9"]))
+    assert cfg.DATASET.NAME == "Caltech101"
+    assert cfg.OPTIM.LR == 0.25            # method YAML after dataset YAML
+    assert cfg.MODEL.BACKBONE.NAME == "RN50"  # flag after YAML
+    assert cfg.OPTIM.MAX_EPOCH == 9        # opts last
+    assert cfg.SEED == 3 and cfg.TRAINER.NAME == "CoOp"
+    assert cfg.is_frozen()
+
+
+def test_seed_zero_is_honoured():
+    assert setup_cfg(args_for(["--seed", "0"])).SEED == 0
+    assert setup_cfg(args_for([])).SEED == -1
+
+
+def test_every_trainer_node_exists_before_yaml():
+    cfg = build_cfg()
+    assert cfg.TRAINER.COOP.N_CTX == 16 and cfg.TRAINER.COOP.PREC == "fp16"
+
+
+def test_unknown_key_names_source_and_suggests(tmp_path):
+    cfg = build_cfg()
+    with pytest.raises(KeyError, match=r"OPTIM.MAX_EPOHC.*command line.*OPTIM.MAX_EPOCH"):
+        merge_from_list(cfg, ["OPTIM.MAX_EPOHC", "3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("TRAINER:\n  COOP:\n    NCTX: 4\n")
+    with pytest.raises(KeyError, match=r"TRAINER.COOP.NCTX.*bad.yaml.*N_CTX"):
+        merge_from_file(cfg, str(bad))
+
+
+def test_yacs_type_check_rejects_int_for_float():
+    cfg = build_cfg()
+    with pytest.raises(ValueError, match="decimal point"):
+        merge_from_list(cfg, ["OPTIM.LR", "1"])
+    merge_from_list(cfg, ["OPTIM.LR", "1.0", "INPUT.SIZE", "(32, 32)"])
+    assert cfg.OPTIM.LR == 1.0 and tuple(cfg.INPUT.SIZE) == (32, 32)
+
+
+def test_odd_number_of_opts():
+    with pytest.raises(ValueError, match="KEY VALUE"):
+        merge_from_list(build_cfg(), ["OPTIM.LR"])
+
+
+def test_key_aliases_map_official_names(tmp_path):
+    add_key_aliases({"LEGACY.MAX": "OPTIM.MAX_EPOCH"})
+    try:
+        cfg = build_cfg()
+        merge_from_list(cfg, ["LEGACY.MAX", "3"])
+        legacy = tmp_path / "legacy.yaml"
+        legacy.write_text("LEGACY:\n  MAX: 4\n")
+        assert cfg.OPTIM.MAX_EPOCH == 3
+        merge_from_file(cfg, str(legacy))
+        assert cfg.OPTIM.MAX_EPOCH == 4
+    finally:
+        KEY_ALIASES.pop("LEGACY.MAX")
+
+
+def test_registry_unknown_name_suggests_closest():
+    with pytest.raises(KeyError, match=r"Unknown trainer 'Coop'.*Did you mean 'CoOp'"):
+        TRAINERS.get("Coop")
+    registry = Registry("thing")
+    registry.register("A", aliases=("B",))(object)
+    assert registry.get("B") is object
+    with pytest.raises(KeyError, match="registered twice"):
+        registry.register("A")(int)
