@@ -88,6 +88,7 @@ def test_logits_scale_first_and_normalised(clip_model):
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore")  # tracing warnings are irrelevant here
 def test_jit_archive_and_state_dict_load_the_same_weights(tiny_clip_path, tmp_path):
     """OpenAI releases TorchScript archives; both formats go through `build_model`."""
     model = load_clip_to_cpu(tiny_clip_path).float()
