@@ -316,7 +316,13 @@ class DatasetBase:
         split_path = os.path.join(self.dataset_root, self.split_file)
         if os.path.exists(split_path):
             return read_split(split_path, self.image_root)
-        train, val, test = self.build_split()
+        try:
+            train, val, test = self.build_split()
+        except DatasetError as err:
+            raise DatasetError(
+                f"Split file not found: {split_path}" + self._hint(self.split_file)
+                + f"\nRebuilding the split from the raw files failed too:\n{err}"
+            ) from err
         save_split(train, val, test, split_path, self.image_root)
         return train, val, test
 

@@ -1,0 +1,153 @@
+"""CoOp and zero-shot CLIP end to end through `train.main` on a synthetic Caltech101."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+import train
+from engine.checkpoint import load_checkpoint
+from engine.data import DatasetError
+from engine.trainer import TrainerBase
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "configs", "trainers", "CoOp", "vit_b16_ep50.yaml")
+
+
+def run(data_root, tiny_clip_path, tiny_opts, output_dir, *flags, opts=(), trainer="CoOp", dataset="caltech101"):
+    """train.py with the tiny CLIP: 2 shots, 2 epochs, 4 context tokens, base classes by default."""
+    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--backbone", tiny_clip_path,
+            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml"), "--config-file", CONFIG,
+            "--output-dir", str(output_dir), *flags]
+    defaults = [*tiny_opts, "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2", "TRAINER.COOP.N_CTX", "4",
+                "DATASET.SUBSAMPLE_CLASSES", "base"]
+    return train.main([*argv, *defaults, *opts])
+
+
+def read_results(output_dir):
+    with open(os.path.join(output_dir, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def base_run(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("coop") / "train_base"
+    run(data_root, tiny_clip_path, tiny_opts, out)
+    return out
+
+
+def test_training_writes_checkpoint_log_and_results(base_run):
+    checkpoint = load_checkpoint(str(base_run / "prompt_learner" / "model.pth.tar-2"))
+    assert set(checkpoint) >= {"state_dict", "epoch", "optimizer", "scheduler", "val_result"}
+    assert checkpoint["epoch"] == 2 and list(checkpoint["state_dict"]) == ["ctx", "token_prefix", "token_suffix"]
+    assert (base_run / "prompt_learner" / "checkpoint").read_text().strip() == "model.pth.tar-2"
+    assert not (base_run / "prompt_learner" / "resume.pth.tar").exists()
+    log = (base_run / "log.txt").read_text()
+    tail = log[log.index("Finish training"):]
+    assert "Deploy the last-epoch model" in tail and "=> result" in tail and "* accuracy:" in tail
+    results = read_results(base_run)
+    assert results["subsample"] == "base" and results["num_classes"] == 3 and results["total"] == 6
+    assert f"* correct: {results['correct']}" in tail
+
+
+def test_new_classes_evaluate_from_the_base_checkpoint(base_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
+    out = tmp_path / "test_new"
+    run(data_root, tiny_clip_path, tiny_opts, out, "--eval-only", "--model-dir", str(base_run), "--load-epoch", "2",
+        opts=["DATASET.SUBSAMPLE_CLASSES", "new"])
+    results = read_results(out)
+    assert results["subsample"] == "new" and results["num_classes"] == 2 and results["epoch"] == 2
+    assert "* accuracy:" in (out / "log.txt").read_text()
+
+
+def test_eval_only_reproduces_the_final_test(base_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
+    out = tmp_path / "test_base"
+    run(data_root, tiny_clip_path, tiny_opts, out, "--eval-only", "--model-dir", str(base_run), "--load-epoch", "2")
+    assert read_results(out)["correct"] == read_results(base_run)["correct"]
+    assert read_results(out)["macro_f1"] == read_results(base_run)["macro_f1"]
+
+
+def test_rerun_of_a_finished_run_only_retests(base_run, data_root, tiny_clip_path, tiny_opts):
+    before = read_results(base_run)
+    run(data_root, tiny_clip_path, tiny_opts, base_run)
+    rerun_logs = glob.glob(str(base_run / "log.txt-*"))
+    assert len(rerun_logs) == 1
+    rerun_log = open(rerun_logs[0]).read()
+    assert "Previous epoch: 2" in rerun_log and "epoch [" not in rerun_log
+    assert read_results(base_run)["correct"] == before["correct"]
+
+
+def test_interrupted_run_resumes_exactly(data_root, tiny_clip_path, tiny_opts, tmp_path, monkeypatch):
+    uninterrupted = tmp_path / "full"
+    run(data_root, tiny_clip_path, tiny_opts, uninterrupted, opts=["OPTIM.MAX_EPOCH", "3"])
+
+    interrupted = tmp_path / "crashed"
+    original = TrainerBase.run_epoch
+
+    def crash_in_second_epoch(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+        original(self)
+
+    monkeypatch.setattr(TrainerBase, "run_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(data_root, tiny_clip_path, tiny_opts, interrupted, opts=["OPTIM.MAX_EPOCH", "3"])
+    assert (interrupted / "prompt_learner" / "resume.pth.tar").exists()
+    monkeypatch.setattr(TrainerBase, "run_epoch", original)
+    run(data_root, tiny_clip_path, tiny_opts, interrupted, opts=["OPTIM.MAX_EPOCH", "3"])
+
+    assert "Previous epoch: 1" in open(glob.glob(str(interrupted / "log.txt-*"))[0]).read()
+    final = load_checkpoint(str(interrupted / "prompt_learner" / "model.pth.tar-3"))["state_dict"]["ctx"]
+    expected = load_checkpoint(str(uninterrupted / "prompt_learner" / "model.pth.tar-3"))["state_dict"]["ctx"]
+    assert torch.equal(final, expected)
+
+
+def test_zero_shot_clip_base_and_new(data_root, tiny_clip_path, tiny_opts, tmp_path):
+    for subsample, n_cls in (("base", 3), ("new", 2)):
+        out = tmp_path / subsample
+        run(data_root, tiny_clip_path, tiny_opts, out, "--eval-only", opts=["DATASET.SUBSAMPLE_CLASSES", subsample],
+            trainer="ZeroshotCLIP")
+        assert read_results(out)["num_classes"] == n_cls
+        assert "Prompts: ['a photo of a " in (out / "log.txt").read_text()
+
+
+# ---- clear errors for bad input -------------------------------------------------------
+
+def test_unknown_trainer_and_dataset(data_root, tiny_clip_path, tiny_opts, tmp_path):
+    with pytest.raises(KeyError, match="Did you mean 'CoOp'"):
+        run(data_root, tiny_clip_path, tiny_opts, tmp_path / "a", trainer="COOP")
+    with pytest.raises(KeyError, match="Unknown dataset 'Caltech'.*Caltech101"):
+        run(data_root, tiny_clip_path, tiny_opts, tmp_path / "b", opts=["DATASET.NAME", "Caltech"])
+
+
+def test_bad_config_key(data_root, tiny_clip_path, tiny_opts, tmp_path):
+    with pytest.raises(KeyError, match="TRAINER.COOP.NCTX"):
+        run(data_root, tiny_clip_path, tiny_opts, tmp_path, opts=["TRAINER.COOP.NCTX", "4"])
+
+
+def test_missing_dataset_folder_names_path_and_fix(tiny_clip_path, tiny_opts, tmp_path):
+    with pytest.raises(DatasetError, match=r"caltech-101.*prepare_data.py"):
+        run(str(tmp_path / "empty_root"), tiny_clip_path, tiny_opts, tmp_path / "out")
+
+
+def test_missing_split_file_names_it_and_the_fallback_input(tmp_path_factory, tiny_clip_path, tiny_opts, tmp_path):
+    from tests.conftest import make_data_root
+
+    root = make_data_root(tmp_path_factory, "OxfordPets")
+    os.remove(os.path.join(root, "oxford_pets", "split_zhou_OxfordPets.json"))
+    os.remove(os.path.join(root, "oxford_pets", "annotations", "trainval.txt"))
+    with pytest.raises(DatasetError, match=r"(?s)split_zhou_OxfordPets.json.*How to get it.*trainval.txt"):
+        run(root, tiny_clip_path, tiny_opts, tmp_path, dataset="oxford_pets")
+
+
+def test_corrupt_image_names_the_file(tmp_path_factory, tiny_clip_path, tiny_opts, tmp_path):
+    from tests.conftest import make_data_root
+
+    root = make_data_root(tmp_path_factory, "Caltech101")
+    with open(os.path.join(root, "caltech-101", "split_zhou_Caltech101.json")) as f:
+        first_test_image = json.load(f)["test"][0][0]
+    bad = os.path.join(root, "caltech-101", "101_ObjectCategories", first_test_image)
+    with open(bad, "wb") as f:
+        f.write(b"not a jpeg")
+    with pytest.raises(DatasetError, match=rf"Cannot read image .*{os.path.basename(bad)}"):
+        run(root, tiny_clip_path, tiny_opts, tmp_path, "--eval-only", trainer="ZeroshotCLIP")
