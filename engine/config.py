@@ -12,7 +12,9 @@ from yacs.config import CfgNode as CN
 from engine.registry import TRAINERS
 
 # Official key names some methods use (e.g. DPC's `SPLE.*`), mapped onto ours.
-# Trainers add entries with `add_key_aliases` when they are imported.
+# Trainers add entries with `add_key_aliases` when they are imported. An entry is our key
+# name, or a function `value -> [(our_key, value), ...]` for a value that needs translating
+# or checking (an empty list accepts the official key and drops it).
 KEY_ALIASES = {}
 
 
@@ -150,15 +152,16 @@ def _check_key(cfg, key, source):
         node = node[part]
 
 
-def _resolve_alias(key):
-    return KEY_ALIASES.get(key, key)
+def _resolve_alias(key, value):
+    alias = KEY_ALIASES.get(key, key)
+    return alias(value) if callable(alias) else [(alias, value)]
 
 
 def merge_from_file(cfg, path):
     """Merge a YAML file; official alias keys are renamed, unknown keys fail with a hint."""
     with open(path) as f:
         loaded = yaml.safe_load(f) or {}
-    pairs = [(_resolve_alias(k), v) for k, v in _flatten(loaded)]
+    pairs = [pair for k, v in _flatten(loaded) for pair in _resolve_alias(k, v)]
     for key, _ in pairs:
         _check_key(cfg, key, path)
     try:
@@ -172,10 +175,10 @@ def merge_from_list(cfg, opts):
     if len(opts) % 2:
         raise ValueError(f"Trailing options must be KEY VALUE pairs, got an odd number: {opts}")
     renamed = []
-    for key, value in zip(opts[0::2], opts[1::2]):
-        key = _resolve_alias(key)
-        _check_key(cfg, key, "the command line")
-        renamed += [key, value]
+    for official_key, official_value in zip(opts[0::2], opts[1::2]):
+        for key, value in _resolve_alias(official_key, official_value):
+            _check_key(cfg, key, "the command line")
+            renamed += [key, value]
     try:
         cfg.merge_from_list(renamed)
     except ValueError as err:

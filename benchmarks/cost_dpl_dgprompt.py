@@ -1,0 +1,148 @@
+"""Training-step and evaluation cost of DPL and DGPrompt (both reconstructed) relative to MaPLe.
+
+Prints, from one run on the same CLIP, data and device (paper settings: prompt depth 9 where the
+backbone has the layers, batch 4 for training, 100 for testing):
+  <method> / MaPLe   seconds per training step (forward, loss, backward, SGD step on the base
+                     classes) and per full evaluation (text features computed once per evaluation
+                     where the method allows it, as the trainer does), divided by MaPLe's;
+  DGPrompt full 77 / truncated   the same times with DGPrompt's text sequences run over all 77
+                     positions (TRUNCATE_TEXT False) divided by the default (up to the last EOT).
+DGPrompt runs with image-guided text prompts (one text sequence per image and class, CoCoOp-like)
+and, as `DGPrompt IGT off`, with instance-agnostic ones. Each method's loss is its trainer's.
+The backbone is a randomly initialised CLIP (timings do not depend on the weight values):
+ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbone` takes a real one.
+
+    python benchmarks/cost_dpl_dgprompt.py [--tiny] [--base-classes 50] [--classes 50] [--images 500]
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import trainers  # noqa: E402,F401  (registers every config hook)
+from benchmarks.eval_speed import build_clip, time_eval  # noqa: E402
+from engine.config import build_cfg  # noqa: E402
+from engine.precision import resolve_precision  # noqa: E402
+from trainers.deep_prompting import tower_sizes  # noqa: E402
+from trainers.dgprompt import DGPromptModel  # noqa: E402
+from trainers.dpl import DPLModel  # noqa: E402
+from trainers.maple import MaPLeModel  # noqa: E402
+
+
+def cross_entropy_loss(model):
+    return lambda images, labels: F.cross_entropy(model(images).float(), labels)
+
+
+def build(name, clip_model, classnames, depth, device):
+    """(model, loss(images, labels)) for one method at its paper settings (depth capped by the backbone)."""
+    cfg = build_cfg()
+    cfg.DATASET.NAME = "ImageNet"  # template "a photo of a {}."
+    if name == "MaPLe":
+        cfg.TRAINER.MAPLE.PROMPT_DEPTH = depth
+        model = MaPLeModel(cfg, classnames, clip_model)
+    elif name == "DPL":
+        cfg.TRAINER.DPL.DEPTH_V = cfg.TRAINER.DPL.DEPTH_T = depth
+        model = DPLModel(cfg, classnames, clip_model)
+    else:
+        cfg.TRAINER.DGPROMPT.DEPTH = depth
+        cfg.TRAINER.DGPROMPT.IGT = "IGT off" not in name
+        cfg.TRAINER.DGPROMPT.TRUNCATE_TEXT = "full 77" not in name
+        model = DGPromptModel(cfg, classnames, clip_model)
+    for param_name, param in model.named_parameters():
+        param.requires_grad_(param_name.startswith("prompt_learner."))
+    model = model.to(device)
+    loss = (lambda images, labels: model.loss(images, labels)[0]) if name.startswith("DGPrompt") else \
+        cross_entropy_loss(model)
+    return model, loss
+
+
+def time_train(model, loss_fn, batches, device, precision):
+    """Seconds per training step (after two warm-up steps)."""
+    model.train()
+    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+    def step(images, labels):
+        with precision.autocast():
+            loss = loss_fn(images, labels)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    for images, labels in batches[:2]:
+        step(images, labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for images, labels in batches:
+        step(images, labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / len(batches)
+
+
+def time_test(model, batches, device, precision):
+    """Seconds for one evaluation pass, text features computed once where they do not depend on the image."""
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        start = time.perf_counter()
+        text = model.encode_text() if not getattr(model, "igt", False) else None
+        run = (lambda x: model(x, text_features=text)) if text is not None else model
+        return time.perf_counter() - start + time_eval(run, batches, device)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="", help="CLIP name or checkpoint (default: random ViT-B/16)")
+    parser.add_argument("--tiny", action="store_true", help="use a tiny random CLIP (CPU smoke run)")
+    parser.add_argument("--base-classes", type=int, default=50, help="classes seen in training")
+    parser.add_argument("--classes", type=int, default=50, help="classes at evaluation")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps (batch 4)")
+    parser.add_argument("--images", type=int, default=500, help="evaluation images (batch 100)")
+    parser.add_argument("--prec", default="fp16", choices=["fp16", "fp32", "bf16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    precision = resolve_precision(args.prec, device)
+    clip_model = precision.prepare_clip(build_clip(args.backbone, args.tiny))
+    sizes = tower_sizes(clip_model)
+    depth = min(9, sizes.text_layers, sizes.vision_layers)
+    size = clip_model.visual.input_resolution
+    torch.manual_seed(0)
+    train_batches = [(torch.randn(4, 3, size, size, device=device),
+                      torch.randint(args.base_classes, (4,), device=device)) for _ in range(args.steps)]
+    test_batches = [torch.randn(min(100, args.images - i), 3, size, size, device=device)
+                    for i in range(0, args.images, 100)]
+    base = [f"class {i}" for i in range(args.base_classes)]
+    new = [f"other class {i}" for i in range(args.classes)]
+
+    print(f"device {device}, precision {precision.name}, depth {depth}, {args.base_classes} training classes "
+          f"(batch 4, {args.steps} steps), {args.classes} test classes ({args.images} images, batch 100), backbone "
+          f"{args.backbone or ('tiny random CLIP' if args.tiny else 'random ViT-B/16')}")
+    names = ["MaPLe", "DPL", "DGPrompt", "DGPrompt IGT off", "DGPrompt full 77"]
+    timings = {}
+    for name in names:
+        model, loss_fn = build(name, clip_model, base, depth, device)
+        train_time = time_train(model, loss_fn, train_batches, device, precision)
+        model, _ = build(name, clip_model, new, depth, device)
+        timings[name] = train_time, time_test(model, test_batches, device, precision)
+        del model
+        print(f"  {name:>17}: {1000 * train_time:8.1f} ms / train step   {timings[name][1]:8.3f} s / evaluation",
+              flush=True)
+    maple_train, maple_test = timings["MaPLe"]
+    for name in names[1:4]:
+        label = name.replace("DPL", "DPL (reconstructed)").replace("DGPrompt", "DGPrompt (reconstructed)")
+        train_time, test_time = timings[name]
+        print(f"{label} / MaPLe: train step {train_time / maple_train:.2f}x, evaluation {test_time / maple_test:.2f}x")
+    (full_train, full_test), (short_train, short_test) = timings["DGPrompt full 77"], timings["DGPrompt"]
+    print(f"DGPrompt (reconstructed) full 77 tokens / truncated: train step {full_train / short_train:.2f}x, "
+          f"evaluation {full_test / short_test:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""DPC end to end: stage 1 (backbone), stage 2 (DPC_<backbone>) and the new-class evaluation through
+`train.main` for each backbone; official CoOp+DPC checkpoints and `SPLE.*` keys; the one-command script."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from engine.checkpoint import load_checkpoint
+from tests.engine.test_checkpoint import make_official_style_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATASET_CONFIG = os.path.join(REPO, "configs", "datasets", "caltech101.yaml")
+
+# Stage-1 config and the options that keep the prompt shapes equal in every stage (the tiny CLIP
+# has 3 layers, so MaPLe runs with depth 2).
+BACKBONES = {
+    "CoOp": ("CoOp/vit_b16_bs4_ep10_lr35.yaml", ["TRAINER.COOP.N_CTX", "4"], "prompt_learner"),
+    "KgCoOp": ("KgCoOp/vit_b16_ep100_ctxv1.yaml", [], "prompt_learner"),
+    "MaPLe": ("MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", ["TRAINER.MAPLE.PROMPT_DEPTH", "2"], "MultiModalPromptLearner"),
+}
+
+
+def run(data_root, tiny_clip_path, tiny_opts, trainer, config, output_dir, *flags, opts=()):
+    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--backbone", tiny_clip_path,
+            "--dataset-config-file", DATASET_CONFIG, "--config-file", os.path.join(REPO, "configs", "trainers", config),
+            "--output-dir", str(output_dir), *flags, *tiny_opts, "DATASET.NUM_SHOTS", "2", *opts]
+    return train.main(argv)
+
+
+def results(directory):
+    with open(os.path.join(directory, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def pipelines(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
+    """backbone -> run directories of stage 1 (+ its new-class test), stage 2 and DPC's new-class test."""
+    done = {}
+
+    def pipeline(backbone):
+        if backbone in done:
+            return done[backbone]
+        stage1_config, shape_opts, _ = BACKBONES[backbone]
+        out = tmp_path_factory.mktemp(f"dpc_{backbone}")
+        dirs = done[backbone] = {name: str(out / name) for name in ("stage1", "stage1_new", "base", "new")}
+
+        def go(trainer, config, name, *flags, opts=()):
+            run(data_root, tiny_clip_path, tiny_opts, trainer, config, dirs[name], *flags, opts=[*shape_opts, *opts])
+
+        go(backbone, stage1_config, "stage1", opts=["OPTIM.MAX_EPOCH", "1", "DATASET.SUBSAMPLE_CLASSES", "base"])
+        go(backbone, stage1_config, "stage1_new", "--eval-only", "--model-dir", dirs["stage1"], "--load-epoch", "1",
+           opts=["DATASET.SUBSAMPLE_CLASSES", "new"])
+        dpc_config = f"DPC/{backbone}/vit_b16_ep20.yaml"
+        dpc_opts = ["OPTIM.MAX_EPOCH", "2", "TRAINER.DPC.BACKBONE_DIR", dirs["stage1"]]
+        go(f"DPC_{backbone}", dpc_config, "base", opts=[*dpc_opts, "DATASET.SUBSAMPLE_CLASSES", "base"])
+        go(f"DPC_{backbone}", dpc_config, "new", "--eval-only", "--model-dir", dirs["base"], "--load-epoch", "2",
+           opts=[*dpc_opts, "DATASET.SUBSAMPLE_CLASSES", "new"])
+        return dirs
+
+    return pipeline
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_three_stages_write_base_and_new_results(pipelines, backbone):
+    dirs = pipelines(backbone)
+    base, new = results(dirs["base"]), results(dirs["new"])
+    assert (base["trainer"], base["subsample"], base["num_classes"], base["epoch"]) == (f"DPC_{backbone}", "base", 3, 2)
+    assert (new["trainer"], new["subsample"], new["num_classes"], new["epoch"]) == (f"DPC_{backbone}", "new", 2, 2)
+    log = open(os.path.join(dirs["base"], "log.txt")).read()
+    assert "Loaded the tuned prompt P from" in log and "top-3 hard negatives" in log
+    assert "Finish training" in log and "* accuracy:" in log[log.index("Finish training"):]
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_new_accuracy_is_the_backbones(pipelines, backbone):
+    dirs = pipelines(backbone)
+    dpc, stage1 = results(dirs["new"]), results(dirs["stage1_new"])
+    assert (dpc["correct"], dpc["macro_f1"]) == (stage1["correct"], stage1["macro_f1"])
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_stage2_checkpoint_has_the_backbones_folder_and_keys(pipelines, backbone):
+    dirs, folder = pipelines(backbone), BACKBONES[backbone][2]
+    stage1 = load_checkpoint(os.path.join(dirs["stage1"], folder, "model.pth.tar-1"))["state_dict"]
+    stage2 = load_checkpoint(os.path.join(dirs["base"], folder, "model.pth.tar-2"))["state_dict"]
+    assert list(stage2) == list(stage1)
+    assert any(not torch.equal(stage2[k], stage1[k]) for k in stage1 if "token_" not in k)  # θ was trained
+
+
+def test_official_coop_dpc_checkpoint_evaluates_to_the_same_accuracies(pipelines, data_root, tiny_clip_path,
+                                                                       tiny_opts, tmp_path):
+    """A stage-2 file in the official layout (pickled scheduler object included), read by the alias
+    trainer `StackSPLE_CoOp` configured with the official `SPLE.*` keys."""
+    dirs = pipelines("CoOp")
+    ours = load_checkpoint(os.path.join(dirs["base"], "prompt_learner", "model.pth.tar-2"))["state_dict"]
+    official_dir = tmp_path / "official"
+    os.makedirs(official_dir / "prompt_learner")
+    make_official_style_checkpoint(official_dir / "prompt_learner" / "model.pth.tar-20",
+                                   {k: ours[k] for k in ("ctx", "token_prefix", "token_suffix")}, 20)
+    sple = ["TRAINER.COOP.N_CTX", "4", "SPLE.BACK_CKPT_PATH", dirs["stage1"], "SPLE.BACK_CKPT_EPOCH", "1",
+            "SPLE.STACK.MODE", "converse", "SPLE.STACK.WEIGHT", "0.2", "SPLE.STACK.WEIGHT_FOR_NEW", "0.0",
+            "SPLE.INFER_TOPK", "8"]
+    for subsample, ours_dir in (("base", dirs["base"]), ("new", dirs["new"])):
+        out = tmp_path / subsample
+        run(data_root, tiny_clip_path, tiny_opts, "StackSPLE_CoOp", "DPC/CoOp/vit_b16_ep20.yaml", out, "--eval-only",
+            "--model-dir", str(official_dir), "--load-epoch", "20",
+            opts=[*sple, "DATASET.SUBSAMPLE_CLASSES", subsample])
+        assert results(out)["accuracy"] == results(ours_dir)["accuracy"]
+        assert results(out)["macro_f1"] == results(ours_dir)["macro_f1"]
+
+
+def test_one_command_script_reuses_stage1_and_runs_dpc(data_root, tiny_clip_path, tiny_opts, tmp_path):
+    """Stage 1 is finished beforehand where the script looks for it (a process start costs seconds
+    here); the script must find it, then run stage 2 and the new-class evaluation."""
+    run_dir = os.path.join(str(tmp_path), "base2new", "{}", "caltech101", "shots_2", "{}", "seed1")
+    stage1, stage1_new = (run_dir.format(phase, "CoOp/vit_b16_bs4_ep10_lr35_nctx4")
+                          for phase in ("train_base", "test_new"))
+    opts = [*tiny_opts, "OPTIM.MAX_EPOCH", "1"]
+    run(data_root, tiny_clip_path, tiny_opts, "CoOp", "CoOp/vit_b16_bs4_ep10_lr35.yaml", stage1,
+        opts=["TRAINER.COOP.N_CTX", "4", *opts, "DATASET.SUBSAMPLE_CLASSES", "base"])
+    run(data_root, tiny_clip_path, tiny_opts, "CoOp", "CoOp/vit_b16_bs4_ep10_lr35.yaml", stage1_new, "--eval-only",
+        "--model-dir", stage1, opts=["TRAINER.COOP.N_CTX", "4", *opts, "DATASET.SUBSAMPLE_CLASSES", "new"])
+
+    env = {**os.environ, "DATA": data_root, "OUTPUT": str(tmp_path), "SHOTS": "2", "PYTHON": sys.executable}
+    command = ["bash", os.path.join(REPO, "scripts", "dpc", "base2new.sh"), "CoOp", "caltech101", "1", *opts,
+               "MODEL.BACKBONE.NAME", tiny_clip_path]
+    output = subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    assert "Done already: CoOp caltech101 seed 1" in output
+    base_dir, new_dir = (run_dir.format(phase, "DPC_CoOp/vit_b16_ep20") for phase in ("train_base", "test_new"))
+    assert results(base_dir)["subsample"] == "base" and results(new_dir)["subsample"] == "new"
+    assert results(new_dir)["correct"] == results(stage1_new)["correct"]
+    assert f'Loaded the tuned prompt P from "{stage1}/prompt_learner/model.pth.tar-1"' in open(
+        os.path.join(base_dir, "log.txt")).read()
+
+    again = subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
+    assert "DPC stage 2 done already" in again and "DPC new-class evaluation done already" in again

@@ -1,0 +1,95 @@
+"""Few-shot sampling through the readers: the subset, its cache, and the official `.pkl` cache.
+
+data_and_protocol.md §2.2: the subset is a pure function of (split file, seed, K); sampling
+happens before base/new subsampling, and one cache per (K, seed) serves the base and new runs.
+"""
+import json
+import os
+import random
+
+from engine.data import generate_fewshot_dataset, read_split
+from tests.helpers.fixtures import make_dataset
+
+
+def paths(items):
+    return [item.impath for item in items]
+
+
+def test_subset_is_a_function_of_the_split_file_and_seed(tmp_path, build):
+    make_dataset(tmp_path, "OxfordFlowers")
+    dataset = build(tmp_path, "OxfordFlowers", shots=2, seed=3)
+
+    dataset_root = tmp_path / "oxford_flowers"
+    train, val, _ = read_split(dataset_root / "split_zhou_OxfordFlowers.json", str(dataset_root / "jpg"))
+    random.seed(3)
+    expected_train = generate_fewshot_dataset(train, num_shots=2)  # train first, then val
+    expected_val = generate_fewshot_dataset(val, num_shots=2)
+    assert paths(dataset.train_x) == paths(expected_train)
+    assert paths(dataset.val) == paths(expected_val)
+    assert len(dataset.test) == 10  # the test set is never sampled
+
+
+def test_cache_holds_paths_relative_to_the_image_dir(tmp_path, build):
+    make_dataset(tmp_path, "StanfordCars")  # image dir = the dataset dir itself
+    dataset = build(tmp_path, "StanfordCars", shots=1)
+    with open(tmp_path / "stanford_cars" / "split_fewshot" / "shot_1-seed_1.json") as f:
+        cache = json.load(f)
+    assert set(cache) == {"train", "val"}
+    assert cache["train"] == [[os.path.relpath(item.impath, tmp_path / "stanford_cars"), item.label, item.classname]
+                              for item in dataset.train_x]
+    assert all(path.startswith("cars_train/") for path, _, _ in cache["train"] + cache["val"])
+
+
+def test_base_and_new_runs_share_one_cache(tmp_path, build):
+    make_dataset(tmp_path, "Caltech101")
+    cache = tmp_path / "caltech-101" / "split_fewshot" / "shot_2-seed_1.json"
+    base = build(tmp_path, "Caltech101", shots=2, subsample="base")
+    written = cache.read_text()
+    new = build(tmp_path, "Caltech101", shots=2, subsample="new", seed=1)
+    everything = build(tmp_path, "Caltech101", shots=2, subsample="all")
+    assert cache.read_text() == written
+    assert os.listdir(cache.parent) == [cache.name]
+    assert paths(everything.train_x) == paths(base.train_x) + paths(new.train_x)
+    assert [item.label for item in new.train_x] == [0, 0, 1, 1]
+
+
+def test_cache_is_read_instead_of_sampling(tmp_path, build):
+    make_dataset(tmp_path, "DescribableTextures")
+    first = build(tmp_path, "DescribableTextures", shots=2)
+    again = build(tmp_path, "DescribableTextures", shots=2)  # seeds the RNG with 1, then reads
+    state_after_read = random.getstate()
+    random.seed(1)
+    assert state_after_read == random.getstate()  # reading the cache draws nothing (§2.2 step 2)
+    assert paths(again.train_x) == paths(first.train_x)
+    other_seed = build(tmp_path, "DescribableTextures", shots=2, seed=2)
+    assert paths(other_seed.train_x) != paths(first.train_x)
+    assert os.path.isfile(tmp_path / "dtd" / "split_fewshot" / "shot_2-seed_2.json")
+
+
+def test_more_shots_than_images_keeps_every_image(tmp_path, build):
+    make_dataset(tmp_path, "Food101")
+    dataset = build(tmp_path, "Food101", shots=16)
+    assert (len(dataset.train_x), len(dataset.val)) == (20, 10)
+
+
+def test_official_fewshot_pickle_is_read_and_rerooted(tmp_path, build, write_official_pickle):
+    make_dataset(tmp_path, "EuroSAT")
+    old = "/old/machine/data/eurosat/2750"
+    train = [(f"{old}/River/River_{i}.jpg", 8, "River") for i in (3, 1)]
+    val = [(f"{old}/Forest/Forest_{i}.jpg", 1, "Forest") for i in (5,)]
+    os.makedirs(tmp_path / "eurosat" / "split_fewshot")
+    write_official_pickle(tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl", {"train": train, "val": val})
+
+    dataset = build(tmp_path, "EuroSAT", shots=2)
+    image_dir = tmp_path / "eurosat" / "2750"
+    assert paths(dataset.train_x) == [str(image_dir / "River" / f"River_{i}.jpg") for i in (3, 1)]
+    assert paths(dataset.val) == [str(image_dir / "Forest" / "Forest_5.jpg")]
+
+
+def test_imagenet_samples_train_only_and_validates_on_test(tmp_path, build):
+    make_dataset(tmp_path, "ImageNet")
+    dataset = build(tmp_path, "ImageNet", shots=2, subsample="base")
+    with open(tmp_path / "imagenet" / "split_fewshot" / "shot_2-seed_1.json") as f:
+        assert set(json.load(f)) == {"train"}
+    assert len(dataset.train_x) == 6
+    assert paths(dataset.val) == paths(dataset.test) and len(dataset.test) == 6

@@ -1,0 +1,212 @@
+"""Engine data helpers: few-shot conformance vector, base/new subsampling, loaders, transforms.
+
+The expected values are data_and_protocol.md §2.3 (produced by the reference code), §2.4,
+§3.2 and §3.4.
+"""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.config import get_cfg_default
+from engine.data import (DatasetError, DatasetWrapper, Datum, build_data_loader, build_transform,
+                         generate_fewshot_dataset, read_and_split_data, read_image, subsample_classes)
+from tests.helpers.fixtures import EDGE_CASES, make_dataset
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+# ---- few-shot conformance vector (§2.3) ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def conformance_sources(tmp_path_factory):
+    """train: c0/t9, c2/t0..t4, c0/t0..t4, c1/t0..t4; val: c0/v0..v5, c1/v0..v5, c2/v0..v5."""
+    root = tmp_path_factory.mktemp("conformance")
+
+    def record(cls, name):
+        path = root / f"c{cls}" / f"{name}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+        return Datum(str(path), cls)
+
+    train = [record(0, "t9")] + [record(c, f"t{i}") for c in (2, 0, 1) for i in range(5)]
+    val = [record(c, f"v{i}") for c in (0, 1, 2) for i in range(6)]
+    return root, train, val
+
+
+def names(root, items):
+    return [os.path.relpath(item.impath, root)[:-len(".jpg")] for item in items]
+
+
+def expand(spec):
+    return [name.strip() for name in spec.split(",")]
+
+
+CONFORMANCE = [
+    (1, 1, "c0/t0, c2/t4, c1/t0", "c0/v2, c1/v0, c2/v3"),
+    (1, 2, "c0/t0, c0/t3, c2/t0, c2/t2, c1/t0, c1/t3", "c0/v3, c0/v5, c1/v5, c1/v3, c2/v1, c2/v0"),
+    (1, 4, "c0/t0, c0/t3, c0/t9, c0/t4, c2/t0, c2/t3, c2/t1, c2/t2, c1/t3, c1/t1, c1/t0, c1/t4",
+     "c0/v0, c0/v3, c0/v4, c0/v2, c1/v0, c1/v3, c1/v2, c1/v4, c2/v1, c2/v4, c2/v0, c2/v5"),
+    (1, 16, "c0/t9, c0/t0, c0/t1, c0/t2, c0/t3, c0/t4, c2/t0, c2/t1, c2/t2, c2/t3, c2/t4, "
+            "c1/t0, c1/t1, c1/t2, c1/t3, c1/t4",  # all 16, grouped 0, 2, 1, original order
+     "c0/v1, c0/v4, c0/v0, c0/v5, c1/v0, c1/v3, c1/v4, c1/v1, c2/v5, c2/v3, c2/v1, c2/v0"),
+    (2, 2, "c0/t9, c0/t4, c2/t0, c2/t2, c1/t1, c1/t2", "c0/v2, c0/v4, c1/v1, c1/v4, c2/v0, c2/v4"),
+    (3, 2, "c0/t0, c0/t3, c2/t4, c2/t1, c1/t2, c1/t3", "c0/v5, c0/v4, c1/v0, c1/v4, c2/v0, c2/v3"),
+]
+
+
+@pytest.mark.parametrize("seed,shots,train_expected,val_expected", CONFORMANCE)
+def test_fewshot_conformance_vector(conformance_sources, seed, shots, train_expected, val_expected):
+    root, train, val = conformance_sources
+    random.seed(seed)
+    fewshot_train = generate_fewshot_dataset(train, num_shots=shots)  # train first, then val
+    fewshot_val = generate_fewshot_dataset(val, num_shots=min(shots, 4))
+    assert names(root, fewshot_train) == expand(train_expected)
+    assert names(root, fewshot_val) == expand(val_expected)
+
+
+def test_subsampling_the_conformance_result(conformance_sources):
+    root, train, val = conformance_sources
+    random.seed(1)
+    fewshot_train = generate_fewshot_dataset(train, num_shots=2)
+    base, = subsample_classes(fewshot_train, subsample="base")
+    new, = subsample_classes(fewshot_train, subsample="new")
+    assert [(n, item.label) for n, item in zip(names(root, base), base)] == \
+           [("c0/t0", 0), ("c0/t3", 0), ("c1/t0", 1), ("c1/t3", 1)]
+    assert [(n, item.label) for n, item in zip(names(root, new), new)] == [("c2/t0", 0), ("c2/t2", 0)]
+
+
+def test_fewer_items_than_shots_keeps_the_class_and_draws_nothing(conformance_sources):
+    _, train, _ = conformance_sources
+    random.seed(7)
+    state = random.getstate()
+    grouped = train[:1] + train[6:11] + train[1:6] + train[11:]  # labels 0, 2, 1 in first-appearance order
+    assert generate_fewshot_dataset(train, num_shots=7) == grouped
+    assert random.getstate() == state
+    assert generate_fewshot_dataset(train, num_shots=-1) is train
+
+
+# ---- base/new subsampling (§2.4) -------------------------------------------------------------------
+
+def test_base_new_relabelling_uses_the_first_list_and_applies_to_all(tmp_path):
+    image = tmp_path / "x.jpg"
+    image.touch()
+
+    def items(labels):
+        return [Datum(str(image), label, classname=f"class{label}") for label in labels]
+
+    train, test = items([7, 3, 9, 3, 11, 5]), items([3, 5, 7, 9, 11, 13])  # 13 is not in train
+    base_train, base_test = subsample_classes(train, test, subsample="base")
+    new_train, new_test = subsample_classes(train, test, subsample="new")
+    # labels {3, 5, 7, 9, 11}: base = ceil(5/2) = 3 lowest -> 0..2, new = the rest -> 0..1
+    assert [(i.label, i.classname) for i in base_train] == [(2, "class7"), (0, "class3"), (0, "class3"), (1, "class5")]
+    assert [i.label for i in base_test] == [0, 1, 2]
+    assert [(i.label, i.classname) for i in new_train] == [(0, "class9"), (1, "class11")]
+    assert [(i.label, i.classname) for i in new_test] == [(0, "class9"), (1, "class11")]
+    assert subsample_classes(train, test, subsample="all") == (train, test)
+    with pytest.raises(ValueError, match="base or new"):
+        subsample_classes(train, subsample="Base")
+
+
+# ---- fallback split helper --------------------------------------------------------------------------
+
+def test_folder_split_is_50_20_30_with_sorted_listings(tmp_path):
+    make_dataset(tmp_path, "DescribableTextures", split_json=False)
+    image_dir = tmp_path / "dtd" / "images"
+    random.seed(1)
+    first = read_and_split_data(str(image_dir))
+    random.seed(1)
+    second = read_and_split_data(str(image_dir))
+    assert [len(split) for split in first] == [20, 10, 10]  # 8 images: round(4.0), round(1.6) -> 4/2/2
+    assert [[i.impath for i in split] for split in first] == [[i.impath for i in split] for split in second]
+
+
+# ---- loaders (§3.4) ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_cfg():
+    """The transform settings of every CoOp-family trainer config."""
+    cfg = get_cfg_default()
+    cfg.INPUT.INTERPOLATION = "bicubic"
+    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
+    cfg.INPUT.PIXEL_MEAN = CLIP_MEAN
+    cfg.INPUT.PIXEL_STD = CLIP_STD
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for name in ("Caltech101", "OxfordPets", "EuroSAT"):
+        make_dataset(root, name)
+    return root
+
+
+@pytest.mark.parametrize("n_items,batches,drop_last", [(10, 1, False), (32, 1, True), (40, 1, True)])
+def test_train_loader_drops_the_last_batch_only_when_the_set_fills_one(clip_cfg, image_root, n_items, batches,
+                                                                        drop_last):
+    image = str(image_root / EDGE_CASES["64x64"])
+    items = [Datum(image, 0) for _ in range(n_items)]
+    loader = build_data_loader(clip_cfg, items, 32, None, is_train=True, use_cuda=False)
+    assert loader.drop_last is drop_last and len(loader) == batches
+    test_loader = build_data_loader(clip_cfg, items, 32, None, is_train=False, use_cuda=False)
+    assert test_loader.drop_last is False
+
+
+# ---- transforms (§3.2) and decoding (§3.1) ----------------------------------------------------------
+
+@pytest.mark.parametrize("edge_case", EDGE_CASES)
+def test_odd_images_decode_to_three_channels(clip_cfg, image_root, edge_case):
+    path = str(image_root / EDGE_CASES[edge_case])
+    assert read_image(path).mode == "RGB"
+    for is_train in (True, False):
+        assert build_transform(clip_cfg, is_train)(read_image(path)).shape == (3, 224, 224)
+
+
+def test_train_transform_output(clip_cfg, image_root):
+    item = Datum(str(image_root / "caltech-101/101_ObjectCategories/Leopards/image_0002.jpg"), 1)
+    out = DatasetWrapper(clip_cfg, [item], build_transform(clip_cfg, is_train=True), is_train=True)[0]
+    assert out["img"].shape == (3, 224, 224) and out["label"] == 1 and out["impath"] == item.impath
+    # A solid colour stays solid under crop, flip and resize: every pixel is the normalised colour.
+    colour = torch.tensor(read_image(item.impath).getpixel((16, 16))) / 255
+    expected = (colour - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    assert torch.allclose(out["img"], expected[:, None, None].expand(3, 224, 224), atol=1e-3)
+
+
+def test_test_transform_is_a_centre_crop_of_the_bicubic_short_side_resize(clip_cfg, tmp_path):
+    torch.manual_seed(0)
+    pixels = (torch.rand(32, 48, 3) * 255).to(torch.uint8).numpy()  # 48 wide, 32 high, no structure
+    path = tmp_path / "noise.png"
+    Image.fromarray(pixels).save(path)
+
+    def normalised(img):
+        pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+        return (pixels - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+    out = build_transform(clip_cfg, is_train=False)(read_image(str(path)))
+    resized = Image.open(path).convert("RGB").resize((336, 224), Image.BICUBIC)  # short side -> 224
+    assert torch.allclose(out, normalised(resized.crop((56, 0, 280, 224))), atol=1e-5)
+    squashed = Image.open(path).convert("RGB").resize((224, 224), Image.BICUBIC)  # the pre-v0.5 Dassl way
+    assert not torch.allclose(out, normalised(squashed), atol=1e-3)
+
+
+def test_normalisation_constants(clip_cfg):
+    normalize = build_transform(clip_cfg, is_train=False).transforms[-1]
+    assert list(normalize.mean) == CLIP_MEAN and list(normalize.std) == CLIP_STD
+    dassl_default = build_transform(get_cfg_default(), is_train=False)  # no "normalize": no Normalize step
+    assert not any(type(t).__name__ == "Normalize" for t in dassl_default.transforms)
+
+
+def test_corrupt_image_names_the_file(clip_cfg, tmp_path):
+    bad = tmp_path / "broken_image.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match=r"Cannot read image .*broken_image\.jpg"):
+        read_image(str(bad))
+    wrapper = DatasetWrapper(clip_cfg, [Datum(str(bad), 0)], build_transform(clip_cfg, is_train=False))
+    with pytest.raises(DatasetError, match="broken_image.jpg"):
+        wrapper[0]

@@ -1,0 +1,116 @@
+"""KgCoOp: Visual-Language Prompt Tuning with Knowledge-guided Context Optimization
+(Yao et al., CVPR 2023, arXiv 2303.13283).
+
+CoOp plus one regulariser: the learned prompts' text features are pulled towards the frozen
+hand-crafted CLIP text features of the same classes ("knowledge"), which keeps new-class
+accuracy close to zero-shot CLIP. Spec: methods/kgcoop.md. Deviations: README "Differences".
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from engine.clip_loading import clip
+from engine.config import add_key_aliases
+from engine.registry import TRAINERS
+from engine.trainer import TrainerBase
+from trainers.coop import CoOpPromptLearner, add_coop_config
+from trainers.prompting import PromptedCLIP, PromptedTextEncoder, class_text, tokenize
+from trainers.templates import KGCOOP_TEMPLATES, template_for
+
+KG_LOSSES = ("code", "paper")
+
+
+def add_kgcoop_config(cfg):
+    if "COOP" not in cfg.TRAINER:  # KgCoOp extends CoOp's node; keep CoOp's keys if already there
+        add_coop_config(cfg)
+    cfg.TRAINER.COOP.W = 1.0            # weight of the knowledge-guided term (8.0 for base-to-new)
+    cfg.TRAINER.COOP.ALPHA = 1.0        # declared by the official code, unused
+    cfg.TRAINER.COOP.KG_LOSS = "code"   # code: 1 - mean cos (released) | paper: mean squared L2 distance
+
+
+def official_ctx_init(value):
+    """KgCoOp's YAML and CLI write `CTX_INIT` as a boolean: True means the phrase "a photo of a",
+    False random init (kgcoop.md §1.1). Phrases pass through unchanged."""
+    if value is True or value == "True":
+        value = "a photo of a"
+    elif value is False or value == "False":
+        value = ""
+    return [("TRAINER.COOP.CTX_INIT", value)]
+
+
+add_key_aliases({"TRAINER.COOP.CTX_INIT": official_ctx_init})
+
+
+def handcrafted_text_features(clip_model, classnames, template, device):
+    """L2-normalised CLIP text features of `template` per class, (n_cls, embed_dim), fp16.
+
+    Reference behaviour: a second CLIP, fp16 in every PREC, computes them once (kgcoop.md §1.2).
+    We reuse the frozen CLIP's weights through an fp16 copy of its text tower, run on `device`.
+    """
+    encoder = copy.deepcopy(PromptedTextEncoder(clip_model))
+    clip.model.convert_weights(encoder)  # exact: the loaded weights were fp16
+    encoder.dtype = torch.float16
+    tokenized = tokenize([template.format(class_text(name)) for name in classnames])
+    with torch.no_grad():
+        embedding = clip_model.token_embedding(tokenized).half()  # (n_cls, 77, width)
+        features = encoder.to(device)(embedding.to(device), tokenized.to(device))
+    return (features / features.norm(dim=-1, keepdim=True)).cpu()
+
+
+class KgCoOpPromptLearner(CoOpPromptLearner):
+    """CoOp's prompt learner, always assembled in `end` order."""
+
+    def __init__(self, opts, classnames, clip_model):
+        super().__init__(opts, classnames, clip_model)
+        self.position = "end"  # Reference behaviour: CLASS_TOKEN_POSITION is read but ignored (kgcoop.md §1)
+
+
+class KgCoOpModel(PromptedCLIP):
+    """CoOp's model plus the frozen hand-crafted text features the regulariser compares with."""
+
+    def __init__(self, cfg, classnames, clip_model, device="cpu"):
+        super().__init__(clip_model)
+        self.prompt_learner = KgCoOpPromptLearner(cfg.TRAINER.COOP, classnames, clip_model)
+        template = template_for(cfg.DATASET.NAME, KGCOOP_TEMPLATES)
+        features = handcrafted_text_features(clip_model, classnames, template, device)
+        self.register_buffer("clip_text_features", features, persistent=False)  # (n_cls, embed_dim), fp16
+
+    def encode_text(self):
+        return self.text_encoder(self.prompt_learner(), self.prompt_learner.tokenized_prompts)
+
+    def knowledge_score(self, text_features, form="code"):
+        """Distance of the learned prompts' features to the hand-crafted ones, over all classes.
+
+        code (released): 1 - mean_c cos(t_c, w_c); paper: mean_c ||t_c - w_c||^2 on unit vectors,
+        which is twice the code's value (kgcoop.md §1.6).
+        """
+        t = text_features / text_features.norm(dim=-1, keepdim=True)
+        w = self.clip_text_features / self.clip_text_features.norm(dim=-1, keepdim=True)
+        if form == "code":
+            return 1.0 - torch.mean(F.cosine_similarity(t, w, dim=1, eps=1e-7))
+        return (t - w).pow(2).sum(dim=-1).mean()
+
+
+@TRAINERS.register("KgCoOp", config=add_kgcoop_config)
+class KgCoOp(TrainerBase):
+    """Optimises `prompt_learner.ctx` with CE + W * knowledge score; checkpoints as CoOp's."""
+
+    trainable = ("prompt_learner.ctx",)
+
+    def build_model(self, clip_model, classnames):
+        if self.cfg.TRAINER.COOP.KG_LOSS not in KG_LOSSES:
+            raise ValueError(f"TRAINER.COOP.KG_LOSS must be one of {KG_LOSSES}, got {self.cfg.TRAINER.COOP.KG_LOSS!r}")
+        return KgCoOpModel(self.cfg, classnames, clip_model, self.device)
+
+    def compute_loss(self, batch):
+        opts = self.cfg.TRAINER.COOP
+        text_features = self.model.encode_text()  # all classes of the split, every step
+        logits = self.model(batch.images, text_features=text_features)
+        score = self.model.knowledge_score(text_features, opts.KG_LOSS)
+        return F.cross_entropy(logits, batch.labels) + opts.W * score, logits
+
+    def load_checkpoint_state_dict(self, state_dict):
+        # Official files also hold the unused `bias_vectors` and `meta_net.*` (kgcoop.md §1.3).
+        super().load_checkpoint_state_dict(
+            {k: v for k, v in state_dict.items() if k != "bias_vectors" and not k.startswith("meta_net.")})
