@@ -120,7 +120,12 @@ def test_truncated_text_equals_the_full_77_tokens(tiny_clip_path, clip_fp32, ima
     with torch.no_grad():
         short = model.encode_text()
         model.truncate = False
-        assert short.dtype == torch.float16 and (model.encode_text() - short).abs().max() < 1e-3
+        # compared after L2 normalisation (what enters the logits): one fp16 ulp of the tiny
+        # CLIP's raw features (~2 in magnitude) is already 2e-3
+        full = model.encode_text().float()
+        assert short.dtype == torch.float16
+        short = short.float()
+        assert (full / full.norm(dim=-1, keepdim=True) - short / short.norm(dim=-1, keepdim=True)).abs().max() < 1e-3
 
 
 def test_image_guidance_makes_text_per_image_and_chunks_agree(clip_fp32, images):

