@@ -276,6 +276,7 @@ class DatasetBase:
     image_dir = ""           # split paths are relative to this folder ("" = dataset_dir)
     split_file = None        # split JSON in dataset_dir, or None
     downloads = {}           # file/folder name -> how to get it (used by errors and --verify)
+    fallback_files = ()      # raw files only needed to rebuild a missing split JSON
     fewshot_val = True       # False: val is the test set and is never sampled (ImageNet)
     test_only = False        # ImageNet variants: every image is both train_x and test
 
@@ -288,7 +289,7 @@ class DatasetBase:
                 f"Dataset folder not found: {self.dataset_root}\n"
                 f"{type(self).__name__} expects it under DATASET.ROOT ({root}). "
                 f"Prepare it with `python scripts/prepare_data.py {type(self).__name__} --root {root}` "
-                "or see DATASETS in the README." + self._hint(self.image_dir)
+                "or download:" + "".join(f"\n  {name}: {how}" for name, how in self.downloads.items())
             )
         self.split_fewshot_dir = os.path.join(self.dataset_root, "split_fewshot")
         os.makedirs(self.split_fewshot_dir, exist_ok=True)
@@ -315,6 +316,8 @@ class DatasetBase:
         """Return the full (train, val, test) lists of every class."""
         split_path = os.path.join(self.dataset_root, self.split_file)
         if os.path.exists(split_path):
+            if self.image_dir:
+                self.require(self.image_dir)  # name the missing image folder, not its first image
             return read_split(split_path, self.image_root)
         try:
             train, val, test = self.build_split()

@@ -96,7 +96,7 @@ def verify_dataset(root, name):
         return False, lines
 
     has_split = bool(cls.split_file) and os.path.isfile(os.path.join(dataset_root, cls.split_file))
-    fallback_files = set(getattr(cls, "fallback_files", ()))
+    fallback_files = set(cls.fallback_files)
     ready, lines = True, []
     for relpath, hint in cls.downloads.items():
         present = os.path.exists(os.path.join(dataset_root, relpath))
@@ -229,7 +229,7 @@ def fetch_drive_files(root, cls, staging):
     from torchvision.datasets.utils import extract_archive
 
     dataset_root = os.path.join(root, cls.dataset_dir)
-    fallback_files = set(getattr(cls, "fallback_files", ()))
+    fallback_files = set(cls.fallback_files)
     for relpath in cls.downloads:
         dest = os.path.join(dataset_root, relpath)
         if os.path.exists(dest):

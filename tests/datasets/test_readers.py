@@ -219,6 +219,19 @@ def test_missing_dataset_folder(tmp_path, build, name):
     with pytest.raises(DatasetError, match="Dataset folder not found") as err:
         build(tmp_path, name)
     assert folder in str(err.value) and "prepare_data.py" in str(err.value)
+    for how in DATASETS.get(name).downloads.values():  # every download, even with no image folder (cars)
+        assert how in str(err.value)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_DATASETS if DATASETS.get(n).split_file and DATASETS.get(n).image_dir])
+def test_split_without_its_image_folder_names_the_folder(tmp_path, build, name):
+    make_dataset(tmp_path, name)
+    cls = DATASETS.get(name)
+    image_root = os.path.join(tmp_path, cls.dataset_dir, cls.image_dir)
+    shutil.rmtree(image_root)
+    with pytest.raises(DatasetError, match="required file not found") as err:
+        build(tmp_path, name)
+    assert image_root in str(err.value) and cls.downloads[cls.image_dir] in str(err.value)
 
 
 # The raw input each reader needs when its split JSON is missing (or always, without a JSON).
