@@ -15,23 +15,19 @@ ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbo
     python benchmarks/cost_dpl_dgprompt.py [--tiny] [--base-classes 50] [--classes 50] [--images 500]
 """
 import argparse
-import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import trainers  # noqa: E402,F401  (registers every config hook)
-from benchmarks.eval_speed import build_clip, time_eval  # noqa: E402
-from engine.config import build_cfg  # noqa: E402
-from engine.precision import resolve_precision  # noqa: E402
-from trainers.deep_prompting import tower_sizes  # noqa: E402
-from trainers.dgprompt import DGPromptModel  # noqa: E402
-from trainers.dpl import DPLModel  # noqa: E402
-from trainers.maple import MaPLeModel  # noqa: E402
+# common first: it puts the repository root on sys.path
+from common import add_backbone_args, backbone_label, random_batches, setup_backbone, synchronize, time_eval  # noqa: I001
+import trainers  # noqa: F401,E402  (registers every config hook)
+from engine.config import build_cfg
+from trainers.deep_prompting import tower_sizes
+from trainers.dgprompt import DGPromptModel
+from trainers.dpl import DPLModel
+from trainers.maple import MaPLeModel
 
 
 def cross_entropy_loss(model):
@@ -75,13 +71,11 @@ def time_train(model, loss_fn, batches, device, precision):
 
     for images, labels in batches[:2]:
         step(images, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     for images, labels in batches:
         step(images, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return (time.perf_counter() - start) / len(batches)
 
 
@@ -97,33 +91,27 @@ def time_test(model, batches, device, precision):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="", help="CLIP name or checkpoint (default: random ViT-B/16)")
-    parser.add_argument("--tiny", action="store_true", help="use a tiny random CLIP (CPU smoke run)")
+    add_backbone_args(parser)
     parser.add_argument("--base-classes", type=int, default=50, help="classes seen in training")
     parser.add_argument("--classes", type=int, default=50, help="classes at evaluation")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (batch 4)")
     parser.add_argument("--images", type=int, default=500, help="evaluation images (batch 100)")
-    parser.add_argument("--prec", default="fp16", choices=["fp16", "fp32", "bf16"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    precision = resolve_precision(args.prec, device)
-    clip_model = precision.prepare_clip(build_clip(args.backbone, args.tiny))
+    device, precision, clip_model = setup_backbone(args)
     sizes = tower_sizes(clip_model)
     depth = min(9, sizes.text_layers, sizes.vision_layers)
     size = clip_model.visual.input_resolution
     torch.manual_seed(0)
     train_batches = [(torch.randn(4, 3, size, size, device=device),
                       torch.randint(args.base_classes, (4,), device=device)) for _ in range(args.steps)]
-    test_batches = [torch.randn(min(100, args.images - i), 3, size, size, device=device)
-                    for i in range(0, args.images, 100)]
+    test_batches = random_batches(clip_model, args.images, 100, device)
     base = [f"class {i}" for i in range(args.base_classes)]
     new = [f"other class {i}" for i in range(args.classes)]
 
     print(f"device {device}, precision {precision.name}, depth {depth}, {args.base_classes} training classes "
           f"(batch 4, {args.steps} steps), {args.classes} test classes ({args.images} images, batch 100), backbone "
-          f"{args.backbone or ('tiny random CLIP' if args.tiny else 'random ViT-B/16')}")
+          f"{backbone_label(args)}")
     names = ["MaPLe", "DPL", "DGPrompt", "DGPrompt IGT off", "DGPrompt full 77"]
     timings = {}
     for name in names:

@@ -13,45 +13,34 @@ ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbo
     python benchmarks/eval_speed_maple.py [--tiny] [--classes 100] [--images 1000] [--batch 100] [--repeats 3]
 """
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.eval_speed import build_clip, time_eval  # noqa: E402
-from engine.config import build_cfg  # noqa: E402
-from engine.precision import resolve_precision  # noqa: E402
-from trainers.deep_prompting import tower_sizes  # noqa: E402
-from trainers.maple import MaPLeModel  # noqa: E402
+# common first: it puts the repository root on sys.path
+from common import add_backbone_args, backbone_label, random_batches, setup_backbone, time_eval  # noqa: I001
+from engine.config import build_cfg
+from trainers.deep_prompting import tower_sizes
+from trainers.maple import MaPLeModel
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="", help="CLIP name or checkpoint (default: random ViT-B/16)")
-    parser.add_argument("--tiny", action="store_true", help="use a tiny random CLIP (CPU smoke run)")
+    add_backbone_args(parser)
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per path (the fastest counts)")
-    parser.add_argument("--prec", default="fp16", choices=["fp16", "fp32", "bf16"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    precision = resolve_precision(args.prec, device)
-    clip_model = precision.prepare_clip(build_clip(args.backbone, args.tiny))
+    device, precision, clip_model = setup_backbone(args)
     sizes = tower_sizes(clip_model)
     cfg = build_cfg()
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = min(9, sizes.text_layers, sizes.vision_layers)  # the paper's 9 when it fits
     classnames = [f"class {i}" for i in range(args.classes)]
     with torch.no_grad():
         maple = MaPLeModel(cfg, classnames, clip_model).to(device).eval()
-    size = clip_model.visual.input_resolution
-    batches = [torch.randn(min(args.batch, args.images - i), 3, size, size, device=device)
-               for i in range(0, args.images, args.batch)]
+    batches = random_batches(clip_model, args.images, args.batch, device)
 
     def cached_eval():
         start = time.perf_counter()
@@ -68,7 +57,7 @@ def main(argv=None):
 
     print(f"device {device}, precision {precision.name}, {args.classes} classes, {args.images} images, "
           f"batch {args.batch}, prompt depth {cfg.TRAINER.MAPLE.PROMPT_DEPTH}, backbone "
-          f"{args.backbone or ('tiny random CLIP' if args.tiny else 'random ViT-B/16')}")
+          f"{backbone_label(args)}")
     print(f"   cached: {cached:.3f} s\n uncached: {uncached:.3f} s")
     print(f"MaPLe eval, cached / uncached text features: {cached / uncached:.3f}")
 

@@ -12,7 +12,6 @@ import pickle
 import random
 from collections import OrderedDict, defaultdict
 
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision import transforms as T

@@ -99,16 +99,10 @@ class DeepPromptedTextEncoder(PromptedTextEncoder):
 
         truncate=False runs every position of `prompts` (same features; for checks and timings).
         """
-        eot = eot_indices(tokenized_prompts).to(prompts.device)
-        # Positions after the last EOT never reach any EOT.
-        length = int(eot.max()) + 1 if truncate else prompts.shape[1]
-        x = prompts[:, :length] + self.positional_embedding[:length].type(self.dtype)
-        x = x.permute(1, 0, 2)  # NLD -> LND
-        mask = causal_mask(length, x.dtype, x.device)
-        x = run_deep_blocks(self.transformer.resblocks, x, mask, deep_prompts, _replace_after_sot, block_fn)
-        x = x.permute(1, 0, 2)  # LND -> NLD
-        x = self.ln_final(x).type(self.dtype)
-        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
+        def run_blocks(x, mask):
+            return run_deep_blocks(self.transformer.resblocks, x, mask, deep_prompts, _replace_after_sot, block_fn)
+
+        return self.encode(prompts, tokenized_prompts, run_blocks, truncate)
 
 
 class DeepPromptedVisionEncoder(nn.Module):

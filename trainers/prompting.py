@@ -154,13 +154,24 @@ class PromptedTextEncoder(nn.Module):
 
     def forward(self, prompts, tokenized_prompts):
         """prompts: (n, 77, dim) embeddings; tokenized_prompts: (n, 77). Returns (n, embed_dim)."""
-        eot = eot_indices(tokenized_prompts).to(prompts.device)
-        length = int(eot.max()) + 1  # positions after the last EOT never reach any EOT
-        x = prompts[:, :length] + self.positional_embedding[:length].type(self.dtype)
-        x = x.permute(1, 0, 2)  # NLD -> LND
-        mask = causal_mask(length, x.dtype, x.device)
+        return self.encode(prompts, tokenized_prompts, self.run_blocks)
+
+    def run_blocks(self, x, mask):
         for block in self.transformer.resblocks:
             x = run_block(block, x, mask)
+        return x
+
+    def encode(self, prompts, tokenized_prompts, run_blocks, truncate=True):
+        """The encoder around `run_blocks(x_LND, mask)`, which subclasses swap to inject deep prompts.
+
+        truncate=False runs every position of `prompts` (same features; for checks and timings).
+        """
+        eot = eot_indices(tokenized_prompts).to(prompts.device)
+        # Positions after the last EOT never reach any EOT.
+        length = int(eot.max()) + 1 if truncate else prompts.shape[1]
+        x = prompts[:, :length] + self.positional_embedding[:length].type(self.dtype)
+        x = x.permute(1, 0, 2)  # NLD -> LND
+        x = run_blocks(x, causal_mask(length, x.dtype, x.device))
         x = x.permute(1, 0, 2)  # LND -> NLD
         x = self.ln_final(x).type(self.dtype)
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection

@@ -10,7 +10,7 @@ import torch
 
 import train
 from engine.checkpoint import load_checkpoint
-from tests.engine.test_checkpoint import make_official_style_checkpoint
+from tests.helpers.official import make_official_style_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASET_CONFIG = os.path.join(REPO, "configs", "datasets", "caltech101.yaml")

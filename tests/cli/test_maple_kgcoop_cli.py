@@ -10,7 +10,7 @@ import train
 from engine.checkpoint import load_checkpoint
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg, merge_from_file
-from tests.engine.test_checkpoint import make_official_style_checkpoint
+from tests.helpers.official import make_official_style_checkpoint
 from trainers.maple import MaPLeModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -10,6 +10,7 @@ import train
 from engine.checkpoint import load_checkpoint
 from engine.data import DatasetError
 from engine.trainer import TrainerBase
+from tests.helpers.official import make_official_style_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "trainers", "CoOp", "vit_b16_ep50.yaml")
@@ -63,6 +64,21 @@ def test_new_classes_evaluate_from_the_base_checkpoint(base_run, data_root, tiny
 def test_eval_only_reproduces_the_final_test(base_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
     out = tmp_path / "test_base"
     run(data_root, tiny_clip_path, tiny_opts, out, "--eval-only", "--model-dir", str(base_run), "--load-epoch", "2")
+    assert read_results(out)["correct"] == read_results(base_run)["correct"]
+    assert read_results(out)["macro_f1"] == read_results(base_run)["macro_f1"]
+
+
+def test_official_checkpoint_evaluates_like_ours(base_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
+    """A file as the official CoOp writes it (pickled Dassl scheduler, prefix/suffix buffers kept)
+    loads by its key names and gives the same correct count and macro F1."""
+    ours = load_checkpoint(str(base_run / "prompt_learner" / "model.pth.tar-2"))["state_dict"]
+    official_dir = tmp_path / "official"
+    (official_dir / "prompt_learner").mkdir(parents=True)
+    make_official_style_checkpoint(official_dir / "prompt_learner" / "model.pth.tar-2", dict(ours), 2)
+    out = tmp_path / "test_base"
+    run(data_root, tiny_clip_path, tiny_opts, out, "--eval-only", "--model-dir", str(official_dir), "--load-epoch", "2")
+    assert f'Loading weights to prompt_learner from "{official_dir / "prompt_learner" / "model.pth.tar-2"}"' \
+        in (out / "log.txt").read_text()
     assert read_results(out)["correct"] == read_results(base_run)["correct"]
     assert read_results(out)["macro_f1"] == read_results(base_run)["macro_f1"]
 

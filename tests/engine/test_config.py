@@ -1,5 +1,4 @@
 """Config merge order, yacs strictness and clear errors for bad keys and names."""
-import argparse
 
 import pytest
 

@@ -1,0 +1,72 @@
+"""What every benchmark script shares: the CLIP it times, the device/precision flags, the timer.
+
+The backbone is a randomly initialised CLIP (timings do not depend on the weight values):
+ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbone` takes a
+real CLIP name or checkpoint.
+"""
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engine.clip_loading import clip, load_clip_to_cpu  # noqa: E402
+from engine.precision import resolve_precision  # noqa: E402
+
+VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
+               context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+               transformer_layers=12)
+TINY = dict(VIT_B16, image_resolution=32, vision_width=128, transformer_width=128, vision_layers=3,
+            transformer_layers=3, transformer_heads=2, embed_dim=64)
+
+
+def add_backbone_args(parser):
+    """--backbone, --tiny, --prec and --device, the same in every script."""
+    parser.add_argument("--backbone", default="", help="CLIP name or checkpoint (default: random ViT-B/16)")
+    parser.add_argument("--tiny", action="store_true", help="use a tiny random CLIP (CPU smoke run)")
+    parser.add_argument("--prec", default="fp16", choices=["fp16", "fp32", "bf16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup_backbone(args):
+    """(device, precision, clip_model prepared for that precision) from the parsed flags."""
+    device = torch.device(args.device)
+    precision = resolve_precision(args.prec, device)
+    return device, precision, precision.prepare_clip(build_clip(args.backbone, args.tiny))
+
+
+def backbone_label(args):
+    return args.backbone or ("tiny random CLIP" if args.tiny else "random ViT-B/16")
+
+
+def build_clip(backbone, tiny):
+    if backbone:
+        return load_clip_to_cpu(backbone)
+    model = clip.model.CLIP(**(TINY if tiny else VIT_B16))
+    clip.model.convert_weights(model)
+    return model.eval()
+
+
+def random_batches(clip_model, num_images, batch_size, device):
+    size = clip_model.visual.input_resolution
+    return [torch.randn(min(batch_size, num_images - i), 3, size, size, device=device)
+            for i in range(0, num_images, batch_size)]
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_eval(run_batch, batches, device):
+    """Seconds for one full evaluation pass (after one warm-up pass)."""
+    for images in batches[:1]:
+        run_batch(images)
+    synchronize(device)
+    start = time.perf_counter()
+    for images in batches:
+        run_batch(images)
+    synchronize(device)
+    return time.perf_counter() - start
