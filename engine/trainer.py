@@ -187,9 +187,13 @@ class TrainerBase:
         if not self.has_trainable:
             raise ValueError(f"Trainer {self.cfg.TRAINER.NAME} has nothing to train; run it with --eval-only")
         self.before_train()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
+        # on stderr, and only on a terminal (disable=None): logs stay free of bar redraws
+        epochs = tqdm(range(self.start_epoch, self.max_epoch), desc="train", unit="epoch", initial=self.start_epoch,
+                      total=self.max_epoch, disable=None)
+        for self.epoch in epochs:
             self.run_epoch()
             self.after_epoch()
+        epochs.close()
         self.after_train()
 
     def before_train(self):
