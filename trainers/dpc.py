@@ -40,6 +40,7 @@ def add_dpc_config(cfg):
     cfg.TRAINER.DPC.BASE_PROMPT = "trained"        # trained: Q (released code) | mixed: ω_base·Q + (1 − ω_base)·P
     cfg.TRAINER.DPC.PARAMETERIZATION = "released"  # released: Q = θ | frozen_p: Q = P + (θ − P)/ω_base
     cfg.TRAINER.DPC.TOPK = 8                       # hard-negative classes per anchor (clamped to the base classes)
+    cfg.TRAINER.DPC.NON_REPEAT = True              # a class is a negative (or anchor) once per batch; False: per anchor
     cfg.TRAINER.DPC.STRICT_CAP = False             # cap candidates at K − 1 (the reference's cap acts only at K = 1)
     cfg.TRAINER.DPC.FALLBACK = "reference"         # reference: randint(1, C − 2) loop | fixed: 2 unused classes
     cfg.TRAINER.DPC.DEDUP_ANCHORS = False          # drop anchors repeating a class of the batch (reference keeps)
@@ -70,12 +71,13 @@ add_key_aliases({
     "SPLE.BACK_CKPT_PATH": "TRAINER.DPC.BACKBONE_DIR",
     "SPLE.BACK_CKPT_EPOCH": "TRAINER.DPC.BACKBONE_EPOCH",
     "SPLE.INFER_TOPK": "TRAINER.DPC.TOPK",
+    "SPLE.INFER_NONREPEAT": "TRAINER.DPC.NON_REPEAT",  # the reference ignores it (always on); we honour it
     "SPLE.PIC_LIB": "TRAINER.DPC.PIC_LIB",
     "SPLE.STACK.WEIGHT": "TRAINER.DPC.WEIGHT_BASE",
     "SPLE.STACK.WEIGHT_FOR_NEW": "TRAINER.DPC.WEIGHT_NEW",
     "SPLE.STACK.MODE": _converse_only,
     "SPLE.SPLE_TRAINER.SPLE_INIT": _clone_init_only,
-    **dict.fromkeys(("SPLE.INFER_NONREPEAT", "SPLE.LOSS_KD_WEIGHT", "SPLE.KD_INFER",
+    **dict.fromkeys(("SPLE.LOSS_KD_WEIGHT", "SPLE.KD_INFER",
                      "SPLE.SPLE_TRAINER.SPLE_BASE_TRAIN", "SPLE.STACK.LOOP_DEPTH"), _unused),
 })
 
@@ -154,7 +156,7 @@ class HardNegativeSampler:
     """Builds DPC's enlarged batch: each anchor followed by one library image per negative class."""
 
     def __init__(self, library, classnames, transform, topk, strict_cap=False, fallback="reference",
-                 dedup_anchors=False):
+                 dedup_anchors=False, non_repeat=True):
         missing = [name for name in classnames if not library.get(name)]
         if missing:
             raise ValueError(f"The picture library has no images for base classes {missing}")
@@ -164,6 +166,7 @@ class HardNegativeSampler:
         self.strict_cap = strict_cap
         self.fallback = fallback
         self.dedup_anchors = dedup_anchors
+        self.non_repeat = non_repeat
         self.warned_empty_first = False
 
     def __call__(self, images, labels, probs):
@@ -176,10 +179,12 @@ class HardNegativeSampler:
         anchors = range(len(labels_list))
         if self.dedup_anchors:
             anchors = [b for b in anchors if labels_list[b] not in labels_list[:b]]
-        used = [labels_list[b] for b in anchors]  # duplicates included, as in the reference
+        batch_used = [labels_list[b] for b in anchors]  # duplicates included, as in the reference
         ranking = probs.topk(self.topk, dim=1).indices.tolist()
         groups, targets = [], []
         for b in anchors:
+            # non-repeat: one `used` list for the whole batch; without it, each anchor only avoids its own class
+            used = batch_used if self.non_repeat else [labels_list[b]]
             negatives = negatives_for_anchor(ranking[b], labels_list[b], used, len(self.paths),
                                              self.strict_cap, self.fallback)
             if not negatives and b == anchors[0] and not self.warned_empty_first:
@@ -349,7 +354,7 @@ class DPCMixin:
             # The reference crashes in `topk` here (dpc.md §12 #8, e.g. EuroSAT's 5 base classes).
             print(f"TRAINER.DPC.TOPK {opts.TOPK} > {self.num_classes} classes: using top-{topk}")
         self.sampler = HardNegativeSampler(library, self.classnames, self.dm.tfm_train, topk,
-                                           opts.STRICT_CAP, opts.FALLBACK, opts.DEDUP_ANCHORS)
+                                           opts.STRICT_CAP, opts.FALLBACK, opts.DEDUP_ANCHORS, opts.NON_REPEAT)
         n_images = sum(len(paths) for paths in self.sampler.paths)
         print(f"Picture library ({source}): {n_images} images of {len(self.sampler.paths)} base classes; "
               f"top-{topk} hard negatives")

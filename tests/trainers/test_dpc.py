@@ -75,6 +75,20 @@ def test_candidates_non_repeat_and_fallback_draws(library):
     assert torch.equal(images[[0, 4, 6]], anchors)  # anchors are the loader's own views
 
 
+def test_without_non_repeat_anchors_share_negatives(library):
+    """NON_REPEAT False (SPLE.INFER_NONREPEAT False, ignored by the reference): each anchor takes
+    its whole top-K minus its own class, whatever other anchors took."""
+    sampler = make_sampler(library, topk=3, non_repeat=False)
+    anchors = torch.stack([torch.full((3, 2, 2), -1.0 - b) for b in range(2)])
+    probs = probs_ranking([0, 2, 3], [1, 2, 3], num_classes=6)
+    random.seed(0)
+    _, targets = sampler(anchors, torch.tensor([0, 1]), probs)
+    assert targets.tolist() == [0, 2, 3, 1, 2, 3]
+    random.seed(0)
+    _, targets = make_sampler(library, topk=3)(anchors, torch.tensor([0, 1]), probs)
+    assert targets.tolist()[:3] == [0, 2, 3] and 2 not in targets.tolist()[4:] and 3 not in targets.tolist()[4:]
+
+
 def test_fallback_makes_one_extra_draw_after_the_second_acceptance():
     random.seed(43)
     assert [random.randint(1, 4) for _ in range(4)] == [1, 3, 2, 4]
@@ -186,7 +200,7 @@ def test_substituted_parameters_route_gradients_and_restore():
 
 def test_official_sple_keys_map_onto_ours(tmp_path):
     yaml = tmp_path / "vit_b16_ep20.yaml"
-    yaml.write_text("SPLE:\n  INFER_TOPK: 4\n  INFER_NONREPEAT: True\n  PIC_LIB: lib.json\n"
+    yaml.write_text("SPLE:\n  INFER_TOPK: 4\n  INFER_NONREPEAT: False\n  PIC_LIB: lib.json\n"
                     "  SPLE_TRAINER:\n    SPLE_INIT: True\n    SPLE_BASE_TRAIN: True\n"
                     "  STACK:\n    MODE: loop+converse\n    WEIGHT: 0.5\n    WEIGHT_FOR_NEW: 0.0\n    LOOP_DEPTH: 0\n")
     cfg = build_cfg()
@@ -196,6 +210,7 @@ def test_official_sple_keys_map_onto_ours(tmp_path):
     dpc = cfg.TRAINER.DPC
     assert (dpc.TOPK, dpc.PIC_LIB, dpc.WEIGHT_BASE, dpc.WEIGHT_NEW) == (4, "lib.json", 0.2, 0.0)
     assert (dpc.BACKBONE_DIR, dpc.BACKBONE_EPOCH) == ("out/stage1", 10)
+    assert dpc.NON_REPEAT is False
 
 
 def test_unsupported_sple_values_fail_clearly():
