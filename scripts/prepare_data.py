@@ -8,11 +8,12 @@
 DATASET is a config stem (`caltech101`), a registry name (`Caltech101`) or `all`. Sources:
 torchvision's downloaders (Caltech101, Pets, Flowers, Food101, DTD, Aircraft, SUN397, EuroSAT),
 gdown for the CoOp authors' Google Drive files (split JSONs, ImageNet `classnames.txt`, UCF101
-mid-frames, Flowers `cat_to_name.json`) and the authors' URLs for ImageNetV2/-A/-R. ImageNet
+mid-frames) and the authors' URLs for ImageNetV2/-A/-R. ImageNet
 (needs an image-net.org account), StanfordCars (dead links) and ImageNet-Sketch are fetched by
 hand; this script then arranges them (ImageNet: archives put in DATA/imagenet/ are extracted,
 and the flat val folder is sorted into wnid folders with the devkit or a `--val-labels` file).
-Files only the fallback split builders read are not downloaded: the released splits replace them.
+Files only the fallback split builders read (e.g. Flowers `cat_to_name.json`) are not downloaded:
+the released splits replace them.
 """
 import argparse
 import json
