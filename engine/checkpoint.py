@@ -19,9 +19,10 @@ from engine.io import atomic_torch_save, atomic_write_text
 CHECKPOINT_PREFIX = "model.pth.tar-"
 
 
-def save_checkpoint(state, save_dir, epoch):
-    """Write `model.pth.tar-<epoch>` and update `checkpoint`; returns the file path."""
-    path = os.path.join(save_dir, f"{CHECKPOINT_PREFIX}{epoch}")
+def save_checkpoint(state, save_dir, epoch, file_name=None):
+    """Write `model.pth.tar-<epoch>` (or `file_name`, e.g. model-best.pth.tar) and point
+    `checkpoint` at it, as Dassl does for every save; returns the file path."""
+    path = os.path.join(save_dir, file_name or f"{CHECKPOINT_PREFIX}{epoch}")
     atomic_torch_save(state, path)
     atomic_write_text(os.path.join(save_dir, "checkpoint"), os.path.basename(path) + "\n")
     print(f"Checkpoint saved to {path}")

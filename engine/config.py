@@ -206,6 +206,10 @@ def setup_cfg(args):
         cfg.OUTPUT_DIR = args.output_dir
     if args.resume:
         cfg.RESUME = args.resume
+    if args.source_domains:
+        cfg.DATASET.SOURCE_DOMAINS = args.source_domains
+    if args.target_domains:
+        cfg.DATASET.TARGET_DOMAINS = args.target_domains
     if args.seed is not None and args.seed >= 0:  # seed 0 is a valid seed here (README "Differences")
         cfg.SEED = args.seed
     if args.transforms:

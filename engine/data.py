@@ -296,7 +296,7 @@ class DatasetBase:
         train, val, test = self.read_full_splits()
         self.train_full = train  # every class, before few-shot sampling (DPC's picture library)
         if self.test_only:
-            train = val = test
+            train, val = test, []  # test-only: no val set, as in the reference
         else:
             num_shots = cfg.DATASET.NUM_SHOTS
             if num_shots >= 1:

@@ -10,6 +10,7 @@ import datetime
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -288,13 +289,7 @@ class TrainerBase:
     def save_model(self, epoch, file_name=None, val_result=None):
         state = self._training_state(epoch)
         state["val_result"] = val_result
-        save_dir = os.path.join(self.output_dir, self.checkpoint_name)
-        if file_name:
-            path = os.path.join(save_dir, file_name)
-            atomic_torch_save(state, path)
-            print(f"Checkpoint saved to {path}")
-        else:
-            save_checkpoint(state, save_dir, epoch + 1)
+        save_checkpoint(state, os.path.join(self.output_dir, self.checkpoint_name), epoch + 1, file_name)
 
     def save_resume_state(self):
         """After every epoch: weights, optimizer, scheduler and RNG states, so an interrupted
@@ -316,10 +311,27 @@ class TrainerBase:
         print(f'Loading checkpoint from "{path}"')
         self.load_checkpoint_state_dict(state["state_dict"])
         print("Loaded model weights")
-        self.optim.load_state_dict(state["optimizer"])
-        print("Loaded optimizer")
-        self.sched.load_state_dict(state["scheduler"])
-        print("Loaded scheduler")
+        # A file of the official code (a rerun into its output folder) may not restore: KgCoOp's and
+        # MaPLe's optimizers hold other parameters, and every pickled scheduler is an inert
+        # placeholder here. Then the weights are kept, the optimizer starts afresh (no momentum)
+        # and the schedule is stepped to the checkpoint's epoch.
+        try:
+            self.optim.load_state_dict(state["optimizer"])
+            print("Loaded optimizer")
+        except (ValueError, KeyError):
+            self.optim = build_optimizer(self.model.parameters(), self.cfg.OPTIM)
+            self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+            print("Optimizer state not restorable (a file of the official code): momentum reset")
+        try:
+            self.sched.load_state_dict(state["scheduler"])
+            print("Loaded scheduler")
+        except (TypeError, ValueError, KeyError, AttributeError):
+            self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+                for _ in range(state["epoch"]):
+                    self.sched.step()
+            print(f"Scheduler state not restorable (a file of the official code): stepped to epoch {state['epoch']}")
         if "rng" in state:
             _set_rng_state(state["rng"])
         print(f"Previous epoch: {state['epoch']}")

@@ -70,7 +70,7 @@ fi
 
 if [[ ${#RUNNER[@]} -gt 0 ]]; then  # methods with their own pipeline (DPC's two stages)
     [[ $PHASE == both ]] || { echo "base2new.sh: $METHOD runs all its stages at once (no PHASE)" >&2; exit 2; }
-    CFG=$CFG_NAME exec bash "${RUNNER[@]}" "$DATASET" "$SEED" "${EXTRA[@]}"
+    CFG=${CFG:-$CFG_NAME} exec bash "${RUNNER[@]}" "$DATASET" "$SEED" "${EXTRA[@]}"  # a YAML path stays a path
 fi
 
 DATASET_CONFIG=$REPO/configs/datasets/$DATASET.yaml

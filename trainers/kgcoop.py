@@ -54,7 +54,9 @@ def handcrafted_text_features(clip_model, classnames, template, device):
     tokenized = tokenize([template.format(class_text(name)) for name in classnames])
     with torch.no_grad():
         embedding = clip_model.token_embedding(tokenized).half()  # (n_cls, 77, width)
-        features = encoder.to(device)(embedding.to(device), tokenized.to(device))
+        # all 77 positions, as the reference's encode_text: bit-identical features, once per run
+        features = encoder.to(device).encode(embedding.to(device), tokenized.to(device), encoder.run_blocks,
+                                             truncate=False)
     return (features / features.norm(dim=-1, keepdim=True)).cpu()
 
 

@@ -1,13 +1,14 @@
 """Zero-shot CLIP with the per-dataset hand-crafted template (coop.md §2).
 
 No training: run with `--eval-only` and a CoOp config (for the transforms and backbone).
-Text features of `template.format(classname)` are computed once at build time.
+Text features of `template.format(classname)` are computed once, at the first evaluation, on
+the run's device.
 """
 import torch
 
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.prompting import PromptedCLIP, class_text, encode_token_ids, tokenize
+from trainers.prompting import PromptedCLIP, class_text, tokenize
 from trainers.templates import template_for
 
 
@@ -18,11 +19,18 @@ class ZeroshotCLIPModel(PromptedCLIP):
         super().__init__(clip_model)
         prompts = [template.format(class_text(name)) for name in classnames]
         print(f"Prompts: {prompts}")
+        tokenized = tokenize(prompts)
         with torch.no_grad():
-            text_features = encode_token_ids(self.text_encoder, clip_model.token_embedding, tokenize(prompts))
-        self.register_buffer("text_features", text_features, persistent=False)  # (n_cls, embed_dim)
+            embeddings = clip_model.token_embedding(tokenized).type(self.dtype)
+        # buffers follow the model to its device, where the features are computed (on first use)
+        self.register_buffer("prompt_embeddings", embeddings, persistent=False)  # (n_cls, 77, width)
+        self.register_buffer("tokenized_prompts", tokenized, persistent=False)
+        self.text_features = None
 
     def encode_text(self):
+        if self.text_features is None:  # the hand-crafted prompts never change
+            with torch.no_grad():
+                self.text_features = self.text_encoder(self.prompt_embeddings, self.tokenized_prompts)
         return self.text_features
 
 

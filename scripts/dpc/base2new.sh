@@ -67,7 +67,9 @@ IFS=, read -r -a MODULES <<< "$TRAINER_MODULE"
 for module in "${MODULES[@]}"; do
     COMMON+=(--trainer-module "$module")
 done
-OPTS=("${EXTRA[@]}" DATASET.NUM_SHOTS "$SHOTS" TRAINER.DPC.BACKBONE_DIR "$STAGE1_DIR" TRAINER.DPC.BACKBONE_EPOCH -1)
+# The run layout fixes the shots and the stage-1 folder; TRAINER.DPC.BACKBONE_EPOCH is the user's
+# (default -1: the latest stage-1 checkpoint).
+OPTS=("${EXTRA[@]}" DATASET.NUM_SHOTS "$SHOTS" TRAINER.DPC.BACKBONE_DIR "$STAGE1_DIR")
 
 if [[ -f $TRAIN_DIR/results.json ]]; then
     echo "DPC stage 2 done already: $TRAIN_DIR"

@@ -2,6 +2,7 @@
 `train.main` for each backbone; official CoOp+DPC checkpoints and `SPLE.*` keys; the one-command script."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -125,16 +126,20 @@ def test_one_command_script_reuses_stage1_and_runs_dpc(data_root, tiny_clip_path
     run(data_root, tiny_clip_path, tiny_opts, "CoOp", "CoOp/vit_b16_bs4_ep10_lr35.yaml", stage1_new, "--eval-only",
         "--model-dir", stage1, opts=["TRAINER.COOP.N_CTX", "4", *opts, "DATASET.SUBSAMPLE_CLASSES", "new"])
 
+    # through the sweep's entry point, with the stage-2 config given as a YAML path
+    config = tmp_path / "configs" / "my_dpc.yaml"
+    config.parent.mkdir()
+    shutil.copy(os.path.join(REPO, "configs", "trainers", "DPC", "CoOp", "vit_b16_ep20.yaml"), config)
     env = {**os.environ, "DATA": data_root, "OUTPUT": str(tmp_path), "SHOTS": "2", "PYTHON": sys.executable}
-    command = ["bash", os.path.join(REPO, "scripts", "dpc", "base2new.sh"), "CoOp", "caltech101", "1", *opts,
-               "MODEL.BACKBONE.NAME", tiny_clip_path]
+    command = ["bash", os.path.join(REPO, "scripts", "base2new.sh"), "DPC_CoOp", "caltech101", "1", str(config),
+               *opts, "MODEL.BACKBONE.NAME", tiny_clip_path]
     output = subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
     assert "Done already: CoOp caltech101 seed 1" in output
-    base_dir, new_dir = (run_dir.format(phase, "DPC_CoOp/vit_b16_ep20") for phase in ("train_base", "test_new"))
+    base_dir, new_dir = (run_dir.format(phase, "DPC_CoOp/my_dpc") for phase in ("train_base", "test_new"))
     assert results(base_dir)["subsample"] == "base" and results(new_dir)["subsample"] == "new"
     assert results(new_dir)["correct"] == results(stage1_new)["correct"]
     assert f'Loaded the tuned prompt P from "{stage1}/prompt_learner/model.pth.tar-1"' in open(
         os.path.join(base_dir, "log.txt")).read()
 
     again = subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
-    assert "DPC stage 2 done already" in again and "DPC new-class evaluation done already" in again
+    assert "Done already: DPC_CoOp caltech101 seed 1" in again

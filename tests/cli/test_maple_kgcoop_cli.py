@@ -119,6 +119,17 @@ def test_official_whole_model_file_evaluates_like_ours(maple_run, data_root, tin
     assert "Warning" not in (tmp_path / "theirs" / "log.txt").read_text()
 
 
+def test_rerun_into_an_official_output_folder_retests(maple_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
+    """The official optimizer covers every CustomCLIP parameter, ours the prompt learner only: the
+    weights load, the optimizer starts afresh, the finished run only re-tests."""
+    trained = load_checkpoint(str(maple_run / "MultiModalPromptLearner" / "model.pth.tar-2"))["state_dict"]
+    official_maple_file(tmp_path / "official", tiny_clip_path, trained)
+    run(MAPLE, data_root, tiny_clip_path, tiny_opts, tmp_path / "official")
+    log = (tmp_path / "official" / "log.txt").read_text()
+    assert "Optimizer state not restorable" in log and "Previous epoch: 2" in log and "epoch [" not in log
+    assert read_results(tmp_path / "official")["correct"] == read_results(maple_run)["correct"]
+
+
 def test_official_file_from_another_clip_is_reported(maple_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
     trained = load_checkpoint(str(maple_run / "MultiModalPromptLearner" / "model.pth.tar-2"))["state_dict"]
 

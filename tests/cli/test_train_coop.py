@@ -83,6 +83,19 @@ def test_official_checkpoint_evaluates_like_ours(base_run, data_root, tiny_clip_
     assert read_results(out)["macro_f1"] == read_results(base_run)["macro_f1"]
 
 
+def test_rerun_into_an_official_output_folder_retests(base_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
+    """The official file's pickled scheduler cannot be restored: the weights load, the schedule is
+    stepped to its epoch, nothing is trained and the test repeats the official run's."""
+    ours = load_checkpoint(str(base_run / "prompt_learner" / "model.pth.tar-2"))["state_dict"]
+    official_dir = tmp_path / "official"
+    (official_dir / "prompt_learner").mkdir(parents=True)
+    make_official_style_checkpoint(official_dir / "prompt_learner" / "model.pth.tar-2", dict(ours), 2)
+    run(data_root, tiny_clip_path, tiny_opts, official_dir)
+    log = (official_dir / "log.txt").read_text()
+    assert "Scheduler state not restorable" in log and "Previous epoch: 2" in log and "epoch [" not in log
+    assert read_results(official_dir)["correct"] == read_results(base_run)["correct"]
+
+
 def test_rerun_of_a_finished_run_only_retests(base_run, data_root, tiny_clip_path, tiny_opts):
     before = read_results(base_run)
     run(data_root, tiny_clip_path, tiny_opts, base_run)

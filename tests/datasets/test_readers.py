@@ -197,7 +197,7 @@ def test_imagenet_flat_val_folder_is_a_clear_error(tmp_path, build):
 
 def test_imagenetv2_maps_folder_numbers_to_classnames_in_file_order(json_root, build):
     dataset = build(json_root, "ImageNetV2", shots=2, subsample="base")  # test-only: both ignored
-    assert sizes(dataset) == (5, 10, 10, 10)  # folders 5-999 exist but are empty in the fixture
+    assert sizes(dataset) == (5, 10, 0, 10)  # no val; folders 5-999 exist but are empty in the fixture
     assert dataset.classnames == CLASSNAMES["ImageNet"]
     assert all(os.path.basename(os.path.dirname(item.impath)) == str(item.label) for item in dataset.test)
     assert dataset.train_x is dataset.test
@@ -206,7 +206,7 @@ def test_imagenetv2_maps_folder_numbers_to_classnames_in_file_order(json_root, b
 @pytest.mark.parametrize("name", ["ImageNetSketch", "ImageNetA", "ImageNetR"])
 def test_wnid_folder_variants_are_test_only(json_root, build, name):
     dataset = build(json_root, name, shots=2, subsample="new")
-    assert sizes(dataset) == (5, 10, 10, 10)
+    assert sizes(dataset) == (5, 10, 0, 10)  # no val set (data_and_protocol.md §1.5)
     assert dataset.classnames == CLASSNAMES["ImageNet"]  # README.txt beside the folders is not a class
     assert dataset.train_x is dataset.test
 

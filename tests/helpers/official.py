@@ -1,4 +1,5 @@
 """Checkpoint files laid out exactly as the official Dassl-based code writes them."""
+import os
 import sys
 import types
 
@@ -27,6 +28,9 @@ def make_official_style_checkpoint(path, state_dict, epoch):
                            "wrapper": ConstantWarmupScheduler()}
         torch.save({"state_dict": state_dict, "epoch": epoch, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler_state, "val_result": None}, path)
+        # Dassl's save_checkpoint also points `checkpoint` at the newest file
+        with open(os.path.join(os.path.dirname(path), "checkpoint"), "w") as f:
+            f.write(os.path.basename(path) + "\n")
     finally:
         for name in fake_modules:
             del sys.modules[name]
