@@ -30,6 +30,11 @@ from trainers.dpl import DPLModel
 from trainers.maple import MaPLeModel
 
 
+def reconstructed(name):
+    """The name users see: DPL and DGPrompt are reconstructions."""
+    return name.replace("DPL", "DPL (reconstructed)").replace("DGPrompt", "DGPrompt (reconstructed)")
+
+
 def cross_entropy_loss(model):
     return lambda images, labels: F.cross_entropy(model(images).float(), labels)
 
@@ -120,11 +125,11 @@ def main(argv=None):
         model, _ = build(name, clip_model, new, depth, device)
         timings[name] = train_time, time_test(model, test_batches, device, precision)
         del model
-        print(f"  {name:>17}: {1000 * train_time:8.1f} ms / train step   {timings[name][1]:8.3f} s / evaluation",
-              flush=True)
+        print(f"  {reconstructed(name):>34}: {1000 * train_time:8.1f} ms / train step   "
+              f"{timings[name][1]:8.3f} s / evaluation", flush=True)
     maple_train, maple_test = timings["MaPLe"]
     for name in names[1:4]:
-        label = name.replace("DPL", "DPL (reconstructed)").replace("DGPrompt", "DGPrompt (reconstructed)")
+        label = reconstructed(name)
         train_time, test_time = timings[name]
         print(f"{label} / MaPLe: train step {train_time / maple_train:.2f}x, evaluation {test_time / maple_test:.2f}x")
     (full_train, full_test), (short_train, short_test) = timings["DGPrompt full 77"], timings["DGPrompt"]

@@ -34,7 +34,8 @@ def read_wnid_folders(image_dir, classnames):
     Files are listed sorted, so few-shot subsets do not depend on the filesystem (the
     reference used listing order; README "Differences").
     """
-    folders = sorted(f.name for f in os.scandir(image_dir) if f.is_dir())  # skips ImageNet-A/R's README.txt
+    # skips ImageNet-A/R's README.txt, and hidden folders (.ipynb_checkpoints) as the variants' reference does
+    folders = sorted(f.name for f in os.scandir(image_dir) if f.is_dir() and not f.name.startswith("."))
     if not folders:
         raise DatasetError(f"No class folders in {image_dir}: the images must sit in one sub-folder per wnid. "
                            "(ImageNet's val archive is flat: `python scripts/prepare_data.py imagenet --root DATA` "

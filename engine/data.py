@@ -290,8 +290,7 @@ class DatasetBase:
                 f"Prepare it with `python scripts/prepare_data.py {type(self).__name__} --root {root}` "
                 "or download:" + "".join(f"\n  {name}: {how}" for name, how in self.downloads.items())
             )
-        self.split_fewshot_dir = os.path.join(self.dataset_root, "split_fewshot")
-        os.makedirs(self.split_fewshot_dir, exist_ok=True)
+        self.split_fewshot_dir = os.path.join(self.dataset_root, "split_fewshot")  # made when a cache is written
 
         train, val, test = self.read_full_splits()
         self.train_full = train  # every class, before few-shot sampling (DPC's picture library)
@@ -372,6 +371,7 @@ class DatasetBase:
         if self.fewshot_val:
             cache["val"] = self._relative(val)
         print(f"Saving preprocessed few-shot data to {stem}.json")
+        os.makedirs(self.split_fewshot_dir, exist_ok=True)
         atomic_write_json(stem + ".json", cache)
         return train, val
 

@@ -179,7 +179,7 @@ class DGPromptModel(PromptedCLIP):
 
     # -- frozen context (no gradient) -----------------------------------------------------
     @torch.no_grad()
-    def frozen_layers(self, encoder, *inputs):
+    def frozen_layers(self, encoder, *inputs, **encoder_options):
         """Frozen, un-prompted features and the residual streams after blocks 1..J (LND)."""
         states = []
 
@@ -189,12 +189,13 @@ class DGPromptModel(PromptedCLIP):
                 states.append(x)
             return x
 
-        return encoder(*inputs, block_fn=record), states
+        return encoder(*inputs, block_fn=record, **encoder_options), states
 
     def text_context(self):
         """T^l (J, C, text_width) = LN0 of the EOT stream after block l, and f_t^0 (C, E); once per class set."""
         if self.cached_text_context is None:
-            features, states = self.frozen_layers(self.text_encoder, self.anchor_embeddings, self.anchor_tokens)
+            features, states = self.frozen_layers(self.text_encoder, self.anchor_embeddings, self.anchor_tokens,
+                                                  truncate=self.truncate)
             eot = eot_indices(self.anchor_tokens).to(features.device)
             classes = torch.arange(len(eot), device=features.device)
             context = torch.stack([F.layer_norm(x[eot, classes].float(), x.shape[-1:]) for x in states])

@@ -151,6 +151,9 @@ class DPLPromptLearner(nn.Module):
             check_depth("DEPTH_T", opts.DEPTH_T, sizes.text_layers)
         if not self.exact:
             check_alpha(opts)
+        if opts.COUPLE == "linear" and (opts.BRANCH != "both" or opts.N_CTX_V != opts.N_CTX_T
+                                        or opts.DEPTH_V > opts.DEPTH_T):
+            raise ValueError("TRAINER.DPL.COUPLE linear needs BRANCH both, N_CTX_V == N_CTX_T and DEPTH_V <= DEPTH_T")
         print(f"{NAME}: branch {opts.BRANCH}, mix {opts.MIX}, LCTP {opts.LCTP}, couple {opts.COUPLE}")
 
         # Prompts are fp32 in every precision and cast to the activation dtype where they are used.
@@ -158,8 +161,6 @@ class DPLPromptLearner(nn.Module):
             self.ctx_text = nn.Parameter(torch.empty(opts.DEPTH_T, opts.N_CTX_T, sizes.text_width))
             nn.init.normal_(self.ctx_text, std=0.02)                      # (J_t, M_t, text_width)
         if self.vision and opts.COUPLE == "linear":
-            if opts.BRANCH != "both" or opts.N_CTX_V != opts.N_CTX_T or opts.DEPTH_V > opts.DEPTH_T:
-                raise ValueError("TRAINER.DPL.COUPLE linear needs BRANCH both, N_CTX_V == N_CTX_T and DEPTH_V <= DEPTH_T")
             self.couple = nn.ModuleList(nn.Linear(sizes.text_width, sizes.vision_width) for _ in range(opts.DEPTH_V))
         elif self.vision:
             self.ctx_vision = nn.Parameter(torch.empty(opts.DEPTH_V, opts.N_CTX_V, sizes.vision_width))

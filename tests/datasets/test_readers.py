@@ -204,6 +204,19 @@ def test_imagenetv2_maps_folder_numbers_to_classnames_in_file_order(json_root, b
 
 
 @pytest.mark.parametrize("name", ["ImageNetSketch", "ImageNetA", "ImageNetR"])
+def test_variants_skip_hidden_folders_and_write_nothing(tmp_path, build, name):
+    """Test-only readers may sit on a read-only mount: no split_fewshot/ is created."""
+    make_dataset(tmp_path, name)
+    cls = DATASETS.get(name)
+    dataset_root = os.path.join(tmp_path, cls.dataset_dir)
+    os.makedirs(os.path.join(dataset_root, cls.image_dir, ".ipynb_checkpoints"))
+    before = sorted(os.listdir(dataset_root))
+    dataset = build(tmp_path, name)
+    assert dataset.classnames == CLASSNAMES["ImageNet"]
+    assert sorted(os.listdir(dataset_root)) == before
+
+
+@pytest.mark.parametrize("name", ["ImageNetSketch", "ImageNetA", "ImageNetR"])
 def test_wnid_folder_variants_are_test_only(json_root, build, name):
     dataset = build(json_root, name, shots=2, subsample="new")
     assert sizes(dataset) == (5, 10, 0, 10)  # no val set (data_and_protocol.md §1.5)

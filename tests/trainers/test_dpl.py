@@ -185,6 +185,7 @@ def test_cached_and_uncached_logits_agree(clip_fp32, images):
     ({"DEPTH_V": 4}, "DEPTH_V must be between 1 and the tower's 3 layers"),
     ({"ALPHA_INIT": 0.0}, "saturates the gate"),
     ({"COUPLE": "linear", "BRANCH": "vision"}, "COUPLE linear needs BRANCH both"),
+    ({"COUPLE": "linear", "BRANCH": "text"}, "COUPLE linear needs BRANCH both"),
 ])
 def test_bad_options_fail_clearly(clip_fp32, opts, message):
     with pytest.raises(ValueError, match=message):
