@@ -47,6 +47,12 @@ for ((i = 0; i < ${#EXTRA[@]}; i += 2)); do
     esac
 done
 
+DATASET_CONFIG=$REPO/configs/datasets/$DATASET.yaml
+if [[ ! -f $DATASET_CONFIG ]]; then
+    echo "base2new.sh: unknown dataset '$DATASET' (no $DATASET_CONFIG)" >&2
+    exit 2
+fi
+
 # Sets CFG_NAME CONFIG_FILE TRAIN_DIR TEST_DIR EVAL_ONLY METHOD_OPTS RUNNER.
 resolved=$("$PYTHON" "$REPO/scripts/methods.py" resolve "$METHOD" "$DATASET" "$SEED" "$CFG")
 eval "$resolved"
@@ -73,11 +79,6 @@ if [[ ${#RUNNER[@]} -gt 0 ]]; then  # methods with their own pipeline (DPC's two
     CFG=${CFG:-$CFG_NAME} exec bash "${RUNNER[@]}" "$DATASET" "$SEED" "${EXTRA[@]}"  # a YAML path stays a path
 fi
 
-DATASET_CONFIG=$REPO/configs/datasets/$DATASET.yaml
-if [[ ! -f $DATASET_CONFIG ]]; then
-    echo "base2new.sh: unknown dataset '$DATASET' (no $DATASET_CONFIG)" >&2
-    exit 2
-fi
 COMMON=(--root "$DATA" --seed "$SEED" --trainer "$METHOD"
         --dataset-config-file "$DATASET_CONFIG" --config-file "$CONFIG_FILE")
 IFS=, read -r -a MODULES <<< "$TRAINER_MODULE"

@@ -18,8 +18,9 @@ export PYTHON OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # two small runs at a time 
 
 echo "== 1/3 Synthetic data and a tiny random CLIP in $DIR"
 mkdir -p "$DIR"
-(cd "$REPO" && "$PYTHON" -m tests.helpers.fixtures "$(realpath "$DIR")/data" --datasets Caltech101 > /dev/null)
-[[ -f $DIR/tiny_clip.pt ]] || (cd "$REPO" && "$PYTHON" -m tests.helpers.tiny_clip "$(realpath "$DIR")/tiny_clip.pt" > /dev/null)
+DIR=$(cd "$DIR" && pwd)  # absolute: the generators run from the repository, the sweep from here
+(cd "$REPO" && "$PYTHON" -m tests.helpers.fixtures "$DIR/data" --datasets Caltech101 > /dev/null)
+[[ -f $DIR/tiny_clip.pt ]] || (cd "$REPO" && "$PYTHON" -m tests.helpers.tiny_clip "$DIR/tiny_clip.pt" > /dev/null)
 
 # The tiny model's input size, no loader workers, 2 epochs, small batches (CPU, seconds per run).
 TINY=(MODEL.BACKBONE.NAME "$DIR/tiny_clip.pt" INPUT.SIZE "(32, 32)" DATALOADER.NUM_WORKERS 0

@@ -19,9 +19,19 @@ if [[ $# -lt 3 ]]; then
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
     exit 2
 fi
-mapfile -t methods < <("$PYTHON" "$REPO/scripts/methods.py" list methods "$1")
-mapfile -t datasets < <("$PYTHON" "$REPO/scripts/methods.py" list datasets "$2")
-mapfile -t seeds < <("$PYTHON" "$REPO/scripts/methods.py" list seeds "$3")
+# One axis of the grid, one entry per line; a failing interpreter or a bad name stops the sweep.
+grid_axis() {
+    local out
+    out=$("$PYTHON" "$REPO/scripts/methods.py" list "$1" "$2") || exit 2
+    [[ -n $out ]] || { echo "sweep.sh: no $1 in '$2'" >&2; exit 2; }
+    printf '%s\n' "$out"
+}
+methods_list=$(grid_axis methods "$1") || exit 2
+datasets_list=$(grid_axis datasets "$2") || exit 2
+seeds_list=$(grid_axis seeds "$3") || exit 2
+mapfile -t methods <<< "$methods_list"
+mapfile -t datasets <<< "$datasets_list"
+mapfile -t seeds <<< "$seeds_list"
 shift 3
 
 failed=()
