@@ -9,7 +9,14 @@ The average row is HM(average Base, average New), the papers' convention (data_a
 not the mean of the per-dataset H (`--mean-of-h` adds that as a labelled secondary column).
 A run's number is read from its `results.json`, or else from `log.txt` as the official parser reads
 it: the last `* accuracy: X%` after `Finish training` / `Finished training` (base) or `=> result`
-(new). Rerun logs `log.txt-<timestamp>` are ignored unless `--newest-log`.
+(new). Rerun logs `log.txt-<timestamp>` are ignored unless `--newest-log` (data_and_protocol.md §5.3, §5.5:
+the official parser reads only `log.txt`, the first run's log); with it, the logs are tried newest first,
+`log.txt` last, and the first one holding a result is used, so a crashed rerun does not hide an older result.
+
+A shot folder may carry a suffix, as the official KgCoOp scripts write `shots_16_<W>` (e.g. `shots_16_8.0`):
+runs with different suffixes are kept apart, and the config label shows the suffix, `<CFG>_W<W>` when it is a
+number (`vit_b16_ep100_ctxv1_W8.0`), else `<CFG>_<suffix>`. Other `shots_*` folders are skipped with a warning.
+LaTeX output escapes the LaTeX special characters in dataset, method and config names.
 
 Official mode, for a directory of seed folders (or with --test-log, --ci95, --multi-exp, --keyword),
 prints what CoOp's `parse_test_res.py` prints:
@@ -36,6 +43,7 @@ from scripts.methods import DATASETS, label
 TRAIN_SIGNALS = ("Finish training", "Finished training")  # Dassl >= 0.6.1, and the older spelling
 TEST_SIGNALS = ("=> result",)
 SEED_DIR = re.compile(r"^seed(\d+)$")
+SHOTS_DIR = re.compile(r"^shots_(\d+)(?:_(.+))?$")  # shots_16, or KgCoOp's shots_16_<W>
 DEFAULT_SWEEP_KEYS = ("TRAINER.DPC.WEIGHT_BASE", "TRAINER.DPC.WEIGHT_NEW")
 
 
@@ -43,12 +51,14 @@ DEFAULT_SWEEP_KEYS = ("TRAINER.DPC.WEIGHT_BASE", "TRAINER.DPC.WEIGHT_NEW")
 # Reading one run
 # ----------------------------------------------------------------------------------------------
 def log_files(run_dir, newest=False):
-    """`log.txt` (the official choice: the first run's log), or with `newest` the latest rerun log."""
-    logs = sorted(glob.glob(os.path.join(glob.escape(run_dir), "log.txt-*")))  # timestamps sort in time order
+    """The logs to try, in order: `log.txt` only (the official choice: the first run's log), or with `newest`
+    the rerun logs `log.txt-<timestamp>` newest first and then `log.txt`."""
     first = os.path.join(run_dir, "log.txt")
-    if newest and logs:
-        return logs[-1]
-    return first if os.path.isfile(first) else None
+    logs = [first] if os.path.isfile(first) else []
+    if newest:
+        reruns = sorted(glob.glob(os.path.join(glob.escape(run_dir), "log.txt-*")))  # timestamps sort in time order
+        logs = [p for p in reversed(reruns) if os.path.isfile(p)] + logs
+    return logs
 
 
 def read_log(path, signals, keyword="accuracy"):
@@ -78,11 +88,11 @@ def read_run(run_dir, signals, keyword="accuracy", newest_log=False, from_logs=F
         else:
             if isinstance(record.get(keyword), (int, float)):
                 return float(record[keyword]), results
-    log = log_files(run_dir, newest_log)
-    if log is None:
-        return None, None
-    value = read_log(log, signals, keyword)
-    return (value, log) if value is not None else (None, None)
+    for log in log_files(run_dir, newest_log):  # the first log holding a result wins (a crashed rerun has none)
+        value = read_log(log, signals, keyword)
+        if value is not None:
+            return value, log
+    return None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,16 +148,32 @@ def official_main(args):
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class Group:
-    """All runs of one method and config folder at one shot count."""
+    """All runs of one method and config folder at one shot count (and shot-folder suffix, e.g. KgCoOp's W)."""
     method: str
     folder: str
     shots: int
+    suffix: str = ""  # the `<W>` of `shots_16_<W>`; "" for plain `shots_16`
     runs: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(dict)))  # dataset -> seed -> phase
     run_dirs: list = field(default_factory=list)
 
     @property
+    def config(self):
+        """The config folder, with the shot-folder suffix if any: `vit_b16_ep100_ctxv1_W8.0`."""
+        return config_label(self.folder, self.suffix)
+
+    @property
     def title(self):
-        return f"{label(self.method)} ({self.folder}, {self.shots} shots)"
+        return f"{label(self.method)} ({self.config}, {self.shots} shots)"
+
+
+def config_label(folder, suffix):
+    if not suffix:
+        return folder
+    try:
+        float(suffix)
+    except ValueError:
+        return f"{folder}_{suffix}"
+    return f"{folder}_W{suffix}"  # the official KgCoOp scripts put W there (methods/kgcoop.md)
 
 
 def base2new_root(root):
@@ -158,8 +184,8 @@ def base2new_root(root):
 
 
 def scan(root, newest_log=False, from_logs=False):
-    """Read every run under `root`; returns {(method, folder, shots): Group}."""
-    groups = {}
+    """Read every run under `root`; returns {(method, folder, shots, shot-folder suffix): Group}."""
+    groups, skipped = {}, set()
     for phase, signals in (("train_base", TRAIN_SIGNALS), ("test_new", TEST_SIGNALS)):
         for run_dir in sorted(glob.glob(os.path.join(glob.escape(root), phase, "*", "shots_*", "*", "*", "seed*"))):
             rest, seed = os.path.split(run_dir)
@@ -169,7 +195,14 @@ def scan(root, newest_log=False, from_logs=False):
             dataset = os.path.basename(rest)
             if not SEED_DIR.match(seed) or not os.path.isdir(run_dir):
                 continue
-            key = (method, folder, int(shots[len("shots_"):]))
+            shots_match = SHOTS_DIR.match(shots)
+            if shots_match is None:
+                shots_dir = os.path.join(rest, shots)
+                if shots_dir not in skipped:
+                    skipped.add(shots_dir)
+                    print(f"Warning: skipping {shots_dir} (not shots_<K> or shots_<K>_<suffix>)", file=sys.stderr)
+                continue
+            key = (method, folder, int(shots_match.group(1)), shots_match.group(2) or "")
             group = groups.setdefault(key, Group(*key))
             group.run_dirs.append(run_dir)
             per_phase = group.runs[dataset][int(SEED_DIR.match(seed).group(1))]  # listed even if unfinished
@@ -261,10 +294,19 @@ class Style:
     bold: callable
 
 
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  **{c: "\\" + c for c in "_%&#${}"}}
+
+
+def latex_escape(text):
+    """Escape LaTeX's special characters in one pass (so each is escaped exactly once); `latex_raw`
+    (needed for the $\\pm$ and \\textbf markup) leaves cell text as it is."""
+    return re.sub(r"[\\~^_%&#${}]", lambda m: LATEX_SPECIALS[m.group(0)], str(text))
+
+
 STYLES = {
     "md": Style("github", " ± ", lambda s: s, lambda s: f"**{s}**"),
-    "latex": Style("latex_raw", r" $\pm$ ", lambda s: re.sub(r"([_%&#$])", r"\\\1", s),
-                   lambda s: rf"\textbf{{{s}}}"),
+    "latex": Style("latex_raw", r" $\pm$ ", latex_escape, lambda s: rf"\textbf{{{s}}}"),
 }
 
 
@@ -293,10 +335,11 @@ def render_group(group, rows, average, n_complete, args, style):
     table = []
     for row in rows + [average]:
         is_average = row is average
-        name = f"Average ({n_complete})" if is_average else display_name(row.dataset)
+        name = style.escape(f"Average ({n_complete})" if is_average else display_name(row.dataset))
         seeds = row.missing if is_average else f"{min(len(row.base), len(row.new))}"
         if row.missing and not is_average:
             seeds += f" ({row.missing})"
+        seeds = style.escape(seeds)  # the average's "without <datasets>" holds names
         if is_average:
             cells = [style.bold(name), fmt_num(row.base_mean), fmt_num(row.new_mean), style.bold(fmt_num(row.hm)), seeds]
         else:
@@ -328,7 +371,7 @@ def render_overview(summaries, args, style):
     headers = ["Method", "Config", "Shots", "Base", "New", "H", "Datasets"] + (["mean of dataset H"] * args.mean_of_h)
     table = []
     for group, (rows, average, n_complete) in summaries:
-        line = [style.escape(label(group.method)), style.escape(group.folder), group.shots,
+        line = [style.escape(label(group.method)), style.escape(group.config), group.shots,
                 fmt_num(average.base_mean), fmt_num(average.new_mean), style.bold(fmt_num(average.hm)),
                 f"{n_complete}/{len(rows)}"]
         table.append(line + ([fmt_num(average.mean_of_h)] * args.mean_of_h))
@@ -350,7 +393,7 @@ def write_csv(summaries, args):
     for group, (rows, average, _) in summaries:
         for row in rows + [average]:
             std = lambda v: round(population_std(v), 2) if len(v) > 1 else ""  # noqa: E731
-            line = [group.method, label(group.method), group.folder, group.shots, row.dataset,
+            line = [group.method, label(group.method), group.config, group.shots, row.dataset,
                     r2(row.base_mean), std(row.base), len(row.base) or "", r2(row.new_mean), std(row.new),
                     len(row.new) or "", r2(row.hm), row.missing]
             line += [r2(row.mean_of_h) if row is average else ""] * args.mean_of_h
@@ -401,7 +444,7 @@ def plot(summaries, out_dir, sweep_keys):
         ax.set_title(group.title, fontsize="medium")
         ax.legend(ncol=3, fontsize="small", loc="upper center")
         fig.tight_layout()
-        path = os.path.join(out_dir, f"bars_{group.method}_{group.folder}_shots{group.shots}.png")
+        path = os.path.join(out_dir, f"bars_{group.method}_{group.config}_shots{group.shots}.png")
         fig.savefig(path, dpi=120)
         plt.close(fig)
         print(f"Wrote {path}")
@@ -415,7 +458,7 @@ def plot(summaries, out_dir, sweep_keys):
             for group, (rows, average, n_complete) in members:
                 values = {config_value(d, key) for d in group.run_dirs} - {None}
                 if len(values) == 1 and average.hm is not None:
-                    points.setdefault(values.pop(), []).append((average, n_complete, group.folder))
+                    points.setdefault(values.pop(), []).append((average, n_complete, group.config))
             if len(points) < 2:
                 continue
             if any(len(p) > 1 for p in points.values()):

@@ -93,6 +93,26 @@ def test_rerun_log_is_ignored_unless_newest_log(tmp_path, capsys):
     assert "* accuracy: 70.00% +- 0.00%" in parse(capsys, tmp_path, "--newest-log")
 
 
+def test_newest_log_falls_back_past_a_rerun_without_a_result(tmp_path, capsys):
+    """A crashed rerun (newest log, no result) must not hide the result of an older log."""
+    write(tmp_path / "seed1" / "log.txt", train_log("50.00"))
+    write(tmp_path / "seed1" / "log.txt-2024-01-02-03-04-05", train_log("60.00"))
+    write(tmp_path / "seed1" / "log.txt-2024-01-02-10-00-00", HEADER + ["epoch [1/2] batch [1/1]"])  # crashed
+    write(tmp_path / "seed2" / "log.txt", HEADER + ["epoch [1/2] batch [1/1]"])  # crashed first run ...
+    write(tmp_path / "seed2" / "log.txt-2024-01-03-00-00-00", HEADER + ["epoch [1/2] batch [1/1]"])
+    write(tmp_path / "seed3" / "log.txt", train_log("40.00"))  # ... and a seed with no reruns at all
+    write(tmp_path / "seed3" / "log.txt-2024-01-03-00-00-00", HEADER)
+    out = parse(capsys, tmp_path, "--newest-log")
+    assert f"file: {tmp_path / 'seed1' / 'log.txt-2024-01-02-03-04-05'}. accuracy: 60.00%. " in out.splitlines()
+    assert f"file: {tmp_path / 'seed3' / 'log.txt'}. accuracy: 40.00%. " in out.splitlines()
+    assert "seed2" not in out and "* accuracy: 50.00% +- 10.00%" in out
+    # the default stays the official parser's: log.txt only (data_and_protocol.md §5.3, §5.5)
+    assert "* accuracy: 45.00% +- 5.00%" in parse(capsys, tmp_path)
+    write(tmp_path / "seed2" / "log.txt-2024-01-04-00-00-00", train_log("70.00"))
+    assert parse_results.read_run(tmp_path / "seed2", parse_results.TRAIN_SIGNALS) == (None, None)
+    assert parse_results.read_run(tmp_path / "seed2", parse_results.TRAIN_SIGNALS, newest_log=True)[0] == 70.0
+
+
 def test_ci95_arithmetic(tmp_path, capsys):
     for seed, acc in enumerate(("70.00", "72.00", "74.00"), 1):
         write(tmp_path / f"seed{seed}" / "log.txt", HEADER + result_block(acc))
@@ -195,6 +215,57 @@ def test_csv_and_latex_formats(tmp_path, capsys):
     latex = parse(capsys, tmp_path, "--format", "latex")
     assert r"81.00 $\pm$ 1.00" in latex and r"\hline" in latex and r"\textbf{69.59}" in latex
     assert "% CoOp (vit_b16_ctxv1, 16 shots)" in latex
+
+
+def test_official_kgcoop_layout_keeps_each_w_apart_and_odd_shot_folders_are_skipped(tmp_path, capsys):
+    """KgCoOp's scripts write `train_base/<D>/shots_16_<W>/KgCoOp/vit_b16_ep100_ctxv1/seed<S>` (methods/kgcoop.md)."""
+    cfg = "vit_b16_ep100_ctxv1"
+    for w, (b, n) in (("8.0", ("80.00", "70.00")), ("2.0", ("90.00", "60.00"))):
+        for phase, lines in (("train_base", train_log(b, signal="Finished training")),
+                             ("test_new", HEADER + result_block(n))):
+            directory = run_dir(tmp_path, phase, "dtd", 1, "KgCoOp", cfg).replace("shots_16", f"shots_16_{w}")
+            write(os.path.join(directory, "log.txt"), lines)
+    write_results(run_dir(tmp_path, "train_base", "dtd", 1, "KgCoOp", cfg), 50.0)  # plain shots_16 too
+    write_results(run_dir(tmp_path, "test_new", "dtd", 1, "KgCoOp", cfg), 50.0)
+    odd = run_dir(tmp_path, "train_base", "dtd", 1, "KgCoOp", cfg).replace("shots_16", "shots_all")
+    write_results(odd, 99.0)
+    write_results(odd.replace("train_base", "test_new"), 99.0)
+    parse_results.main([str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert err.count("Warning: skipping") == 2 and "shots_all" in err  # once per folder, train_base and test_new
+    assert f"### KgCoOp ({cfg}_W8.0, 16 shots)" in out and f"### KgCoOp ({cfg}_W2.0, 16 shots)" in out
+    assert f"### KgCoOp ({cfg}, 16 shots)" in out
+    overview = [[c.strip() for c in line.strip().strip("|").split("|")]
+                for line in out[out.index("### Averages"):].splitlines() if line.startswith("| KgCoOp")]
+    assert sorted(cells[1:6] for cells in overview) == [
+        [cfg, "16", "50.00", "50.00", "**50.00**"],
+        [cfg + "_W2.0", "16", "90.00", "60.00", "**72.00**"],
+        [cfg + "_W8.0", "16", "80.00", "70.00", "**74.67**"]]
+    assert "99.00" not in out
+    rows = list(csv.DictReader(io.StringIO(parse(capsys, tmp_path, "--format", "csv"))))
+    assert {r["config"] for r in rows} == {cfg, cfg + "_W8.0", cfg + "_W2.0"}
+    assert parse_results.config_label(cfg, "debug") == cfg + "_debug"
+
+
+def test_latex_escapes_names_exactly_once(tmp_path, capsys):
+    for dataset in ("my_data", "dtd"):
+        write_results(run_dir(tmp_path, "train_base", dataset, 1, "My_Method", "cfg_100%_a&b"), 80.0)
+        write_results(run_dir(tmp_path, "test_new", dataset, 1, "My_Method", "cfg_100%_a&b"), 60.0)
+    write_results(run_dir(tmp_path, "train_base", "odd_set", 1, "My_Method", "cfg_100%_a&b"), 80.0)  # no new
+    write_results(run_dir(tmp_path, "train_base", "dtd", 1, "CoOp", "x"), 80.0)  # a second group: the overview
+    write_results(run_dir(tmp_path, "test_new", "dtd", 1, "CoOp", "x"), 60.0)
+    latex = parse(capsys, tmp_path, "--format", "latex")
+    table_lines = [line for line in latex.splitlines() if not line.startswith("%")]
+    body = "\n".join(table_lines)
+    assert r" my\_data " in body and r"without odd\_set" in body
+    assert r"My\_Method" in body and r"cfg\_100\%\_a\&b" in body
+    assert "\\\\_" not in body and "\\\\%" not in body  # not escaped twice
+    for line in table_lines:  # every unescaped & is a column separator: same count on each row
+        if line.endswith("\\\\"):
+            assert line.replace(r"\&", "").count("&") in (4, 6)
+    assert parse_results.latex_escape(r"a_b%c&d#e$f{g}h~i^j\k") == \
+        r"a\_b\%c\&d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}k"
+    assert "| my_data " in parse(capsys, tmp_path)  # Markdown is left as it is
 
 
 def test_sweep_curve_key_is_read_from_config_yaml(tmp_path):
