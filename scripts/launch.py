@@ -8,18 +8,31 @@ counts as done when both of its `results.json` exist: finished runs are never st
 interrupted ones resume, which makes a launch safe to repeat after a crash or a preemption.
 
     python scripts/launch.py all all all --gpus 0,1,2,3          # this machine, largest datasets first
-    python scripts/launch.py CoOp all all --status               # done / incomplete / remaining
+    python scripts/launch.py CoOp all all --status               # done / running / failed / not started
     python scripts/launch.py all all all --slurm --partition gpu # a job array (submitit if installed)
-    python scripts/launch.py all all all --slurm --dry-run       # write and print the sbatch script
+    python scripts/launch.py all all all --slurm --dry-run       # write and print the sbatch script(s)
 
 Without GPUs the runs go to the CPU, `--jobs` at a time. Per-run console output goes to
 `<OUTPUT>/launch_logs/`; each run's own `log.txt` is in its run directory as usual.
+
+The queue holds the plain runs first and the runs with a runner (DPC_*, which reuse a backbone's
+run as their stage 1) after them, largest datasets first within each group, so that a DPC run
+does not start beside its own backbone run and wait on that run's lock. With `--slurm` the DPC
+runs go into a second array that starts once the first one has ended (`--dependency=afterany`).
+
+Stopping the launcher (Ctrl-C, SIGTERM, SIGHUP) stops its runs: each run is started in its own
+process group, which is sent SIGTERM and, after a grace period, SIGKILL, so train.py goes too and
+the run's lock is released. A later launch resumes the interrupted runs.
 """
 import argparse
+import errno
+import fcntl
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import datetime
@@ -94,26 +107,78 @@ def visible_gpus():
     return out.split()
 
 
+def queue_order(runs, shots=16):
+    """The launch order: plain runs, then runs with a runner (DPC, which reuse a backbone's run as
+    stage 1 and would wait on its lock if started beside it); largest datasets first in each group."""
+    return sorted(runs, key=lambda r: (bool(r.runner), -dataset_size(r.dataset, shots)))
+
+
 # ----------------------------------------------------------------------------------------------
 # Progress
 # ----------------------------------------------------------------------------------------------
+DONE, RUNNING, FAILED, NOT_STARTED = "done", "running", "failed", "not started"
+
+
+def lock_path(run):
+    """The lock base2new.sh holds while the run is in progress (a hidden `.seedS.lock` beside it)."""
+    return os.path.join(os.path.dirname(run.train_dir), f".{os.path.basename(run.train_dir)}.lock")
+
+
+def is_locked(path):
+    """Whether some process holds an flock on `path` (probed on a fresh descriptor, released at once)."""
+    for flags in (os.O_WRONLY, os.O_RDONLY):  # write access for NFS, where flock becomes a POSIX lock
+        try:
+            fd = os.open(path, flags)  # no O_CREAT: a missing lock file means never locked
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return True
+            if err.errno == errno.EBADF:  # e.g. NFS with a read-only descriptor: try the next one
+                continue
+            raise
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+    return False
+
+
+def run_state(run):
+    """done: both phases have results.json; running: its lock is held (by this or another launch, or
+    a DPC run reusing it as stage 1); failed: started, not finished and not running (crashed or
+    interrupted; the next launch resumes it); not started: neither phase directory exists."""
+    if run.done:
+        return DONE
+    if is_locked(lock_path(run)):
+        return RUNNING
+    return FAILED if run.started else NOT_STARTED
+
+
 def status_counts(runs):
-    """done: both phases have results.json; incomplete: started (crashed, or running elsewhere)."""
-    return Counter("done" if r.done else "incomplete" if r.started else "remaining" for r in runs)
+    return Counter(run_state(run) for run in runs)
 
 
 def print_status(runs):
-    counts = status_counts(runs)
-    print(f"{len(runs)} runs: {counts['done']} done, {counts['incomplete']} incomplete "
-          f"(interrupted or running elsewhere), {counts['remaining']} not started")
+    states = [(run, run_state(run)) for run in runs]
+    counts = Counter(state for _, state in states)
+    print(f"{len(runs)} runs: {counts[DONE]} done, {counts[RUNNING]} running, {counts[FAILED]} failed/interrupted, "
+          f"{counts[NOT_STARTED]} not started")
     by_method = {}
-    for run in runs:
-        by_method.setdefault(f"{run.method}/{run.folder}", Counter())["done" if run.done else "todo"] += 1
+    for run, state in states:
+        by_method.setdefault(f"{run.method}/{run.folder}", Counter())[state] += 1
     for name, c in by_method.items():
-        print(f"  {name}: {c['done']}/{c['done'] + c['todo']} done")
-    for run in runs:
-        if run.started and not run.done:
-            print(f"  incomplete: {run.name} ({run.train_dir})")
+        print(f"  {name}: {c[DONE]}/{sum(c.values())} done" + "".join(
+            f", {c[s]} {label}" for s, label in ((RUNNING, "running"), (FAILED, "failed/interrupted")) if c[s]))
+    for state, label in ((RUNNING, "running"), (FAILED, "failed/interrupted")):
+        for run, s in states:
+            if s == state:
+                print(f"  {label}: {run.name} ({run.train_dir})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,14 +189,72 @@ def log_path(args, run):
     return os.path.join(args.output, "launch_logs", name.replace(os.sep, "_"))
 
 
-def run_local(args, runs):
-    """A queue over device slots (GPU ids, or CPU slots), in the given order; returns the failed runs."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread so that the launcher's cleanup runs."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def install_signal_handlers():
+    """SIGTERM (and SIGHUP, unless ignored as under nohup) stop the launcher like Ctrl-C does."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _raise_interrupted)
+
+
+def _group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, not ours: should not happen for our own children
+        return True
+    return True
+
+
+def _signal_group(proc, signum):
+    try:
+        os.killpg(proc.pid, signum)  # started with start_new_session: the child leads its own group
+    except ProcessLookupError:
+        pass
+
+
+def stop_process_groups(procs, grace=5.0):
+    """SIGTERM to each child's whole process group (bash, train.py, a DPC runner's stages), then
+    SIGKILL to the groups with anything left after `grace` seconds; reaps the children."""
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = lambda proc: proc.poll() is None or _group_alive(proc.pid)  # noqa: E731
+    while any(map(alive, procs)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for proc in procs:
+        if alive(proc):
+            _signal_group(proc, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
+
+
+STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL delay when stopping the runs of an interrupted launch
+
+
+def run_local(args, runs, grace=None):
+    """A queue over device slots (GPU ids, or CPU slots), in the given order; returns the failed runs.
+    Each run gets its own process group; on an interrupt (KeyboardInterrupt, or SIGTERM/SIGHUP with
+    `install_signal_handlers`) the groups of the running ones are stopped before it propagates."""
     gpus = visible_gpus() if args.gpus is None else [g for g in args.gpus.split(",") if g not in ("", "none")]
     slots = gpus or [None] * max(args.jobs, 1)
     where = f"GPUs {','.join(gpus)}" if gpus else f"the CPU ({len(slots)} at a time)"
     pending = list(runs)
     print(f"Launching {len(pending)} runs on {where}; console logs in {os.path.join(args.output, 'launch_logs')}")
     env = {**os.environ, **run_env(args)}
+    grace = STOP_GRACE_S if grace is None else grace
     running, failed, finished = {}, [], 0
     bar = tqdm(total=len(pending), unit="run", dynamic_ncols=True)
     try:
@@ -145,7 +268,12 @@ def run_local(args, runs):
                     log.write(f"=== {datetime.now().isoformat(timespec='seconds')} {shlex.join(command(run, args.opts))}\n")
                     log.flush()
                     slot_env = {**env, "CUDA_VISIBLE_DEVICES": slots[slot] or ""}  # "": the CPU
-                    proc = subprocess.Popen(command(run, args.opts), env=slot_env, stdout=log, stderr=subprocess.STDOUT)
+                    try:
+                        proc = subprocess.Popen(command(run, args.opts), env=slot_env, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+                    except BaseException:
+                        log.close()
+                        raise
                     running[slot] = (run, proc, log)
             for slot, (run, proc, log) in list(running.items()):
                 if proc.poll() is None:
@@ -161,21 +289,41 @@ def run_local(args, runs):
                             remaining=len(pending), refresh=False)
             time.sleep(0.5)
     finally:
-        bar.close()
-        for run, proc, log in running.values():  # interrupted launcher: stop its own children
-            proc.terminate()
-            proc.wait()
-            log.close()
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        if threading.current_thread() is not threading.main_thread():
+            handled = ()  # signals only reach (and handlers can only be set in) the main thread
+        previous = {s: signal.getsignal(s) for s in handled}
+        for s in handled:  # a second Ctrl-C must not cut the cleanup short (it takes <= grace)
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            bar.close()
+            if running:  # interrupted launcher: stop its own runs, whole process groups
+                print(f"Stopping {len(running)} running run(s)...", file=sys.stderr, flush=True)
+                stop_process_groups([proc for _, proc, _ in running.values()], grace)
+                for run, proc, log in running.values():
+                    log.close()
+                    print(f"  stopped: {run.name}", file=sys.stderr, flush=True)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
     return failed
 
 
 # ----------------------------------------------------------------------------------------------
 # Slurm
 # ----------------------------------------------------------------------------------------------
-def sbatch_script(args, runs, commands_file):
+def slurm_arrays(runs):
+    """The job arrays to submit, in order: [(name, runs)]. Runs with a runner (DPC) go into a second
+    array that waits for the first (`--dependency=afterany`), so that they find their backbone's
+    stage 1 finished instead of holding a GPU while they wait on its lock."""
+    plain, staged = [r for r in runs if not r.runner], [r for r in runs if r.runner]
+    return [(name, group) for name, group in (("base2new", plain), ("base2new-dpc", staged)) if group]
+
+
+def sbatch_script(args, runs, commands_file, name="base2new"):
     """A plain `sbatch --array` script running line i+1 of `commands_file` as task i."""
     throttle = f"%{args.max_parallel}" if args.max_parallel else ""
-    lines = ["#!/usr/bin/env bash", "#SBATCH --job-name=base2new", f"#SBATCH --array=0-{len(runs) - 1}{throttle}",
+    lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name={name}", f"#SBATCH --array=0-{len(runs) - 1}{throttle}",
              "#SBATCH --gres=gpu:1", "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={args.cpus_per_task}",
              f"#SBATCH --mem={args.mem_gb}G", f"#SBATCH --time={args.timeout_min}",
              f"#SBATCH --output={os.path.abspath(os.path.join(args.output, 'slurm'))}/%A_%a.out",
@@ -199,41 +347,68 @@ class SlurmTask:
         subprocess.run(self.command, env={**os.environ, **self.env}, cwd=self.cwd, check=True)
 
 
+def after(extra, job_id):
+    """`extra` sbatch options plus a dependency on the whole job array `job_id` (kept: the user's own)."""
+    dependency = f"afterany:{job_id}"
+    return {**extra, "dependency": f"{extra['dependency']},{dependency}" if extra.get("dependency") else dependency}
+
+
 def submit_slurm(args, runs):
+    """One job array per `slurm_arrays` group, the DPC one depending on the plain one."""
     folder = os.path.join(args.output, "slurm")
     os.makedirs(folder, exist_ok=True)
+    arrays = slurm_arrays(runs)
+    extra = dict(kv.split("=", 1) for kv in args.sbatch_arg)
     try:
         if args.dry_run:
             raise ImportError
         import submitit
     except ImportError:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        commands_file = os.path.abspath(os.path.join(folder, f"base2new-{stamp}.commands"))
-        with open(commands_file, "w") as f:
-            f.writelines(shlex.join(command(run, args.opts)) + "\n" for run in runs)
-        script = os.path.join(folder, f"base2new-{stamp}.sbatch")
-        with open(script, "w") as f:
-            f.write(sbatch_script(args, runs, commands_file))
+        scripts = []
+        for name, group in arrays:
+            commands_file = os.path.abspath(os.path.join(folder, f"{name}-{stamp}.commands"))
+            with open(commands_file, "w") as f:
+                f.writelines(shlex.join(command(run, args.opts)) + "\n" for run in group)
+            script = os.path.join(folder, f"{name}-{stamp}.sbatch")
+            with open(script, "w") as f:
+                f.write(sbatch_script(args, group, commands_file, name))
+            scripts.append((script, commands_file, group))
         if args.dry_run:
-            print(f"# {script} ({len(runs)} tasks; commands in {commands_file})")
-            print(open(script).read())
+            for script, commands_file, group in scripts:
+                print(f"# {script} ({len(group)} tasks; commands in {commands_file})")
+                print(open(script).read())
+            if len(scripts) > 1:  # the DPC array starts once the plain one has ended
+                print("# Submit with:")
+                print(f"#   JOB=$(sbatch --parsable {shlex.quote(scripts[0][0])} | cut -d\\; -f1)")
+                print(f"#   sbatch --dependency=afterany:$JOB {shlex.quote(scripts[1][0])}")
             return
-        print("submitit is not installed; submitting the plain sbatch script")
-        subprocess.run(["sbatch", script], check=True)
+        print("submitit is not installed; submitting the plain sbatch script" + "s" * (len(scripts) > 1))
+        job_id = None
+        for script, _, group in scripts:
+            dependency = [f"--dependency=afterany:{job_id}"] if job_id else []
+            out = subprocess.run(["sbatch", "--parsable", *dependency, script], check=True, capture_output=True,
+                                 text=True).stdout
+            previous, job_id = job_id, out.strip().splitlines()[-1].split(";")[0]
+            print(f"Submitted {len(group)} runs as job array {job_id} ({script})"
+                  + (f", starting after array {previous} has ended" if previous else ""))
         return
     executor = submitit.AutoExecutor(folder=os.path.join(folder, "%j"))
     if executor.cluster != "slurm":  # submitit falls back to local processes without Slurm
         sys.exit("launch.py --slurm: no Slurm on this machine (no srun); use --gpus instead")
-    extra = dict(kv.split("=", 1) for kv in args.sbatch_arg)
-    executor.update_parameters(
-        name="base2new", timeout_min=args.timeout_min, gpus_per_node=1, tasks_per_node=1,
-        cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, slurm_partition=args.partition or None,
-        slurm_account=args.account or None, slurm_array_parallelism=args.max_parallel or len(runs),
-        slurm_additional_parameters=extra)
-    with executor.batch():
-        jobs = [executor.submit(SlurmTask(command(run, args.opts), run_env(args), os.getcwd())) for run in runs]
-    print(f"Submitted {len(jobs)} runs as a job array ({jobs[0].job_id.split('_')[0]}); "
-          f"logs in {folder}. Re-run this command after a preemption: finished runs are skipped.")
+    job_id = None
+    for name, group in arrays:
+        executor.update_parameters(
+            name=name, timeout_min=args.timeout_min, gpus_per_node=1, tasks_per_node=1,
+            cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb, slurm_partition=args.partition or None,
+            slurm_account=args.account or None, slurm_array_parallelism=args.max_parallel or len(group),
+            slurm_additional_parameters=after(extra, job_id) if job_id else dict(extra))
+        with executor.batch():
+            jobs = [executor.submit(SlurmTask(command(run, args.opts), run_env(args), os.getcwd())) for run in group]
+        previous, job_id = job_id, jobs[0].job_id.split("_")[0]
+        print(f"Submitted {len(jobs)} runs as a job array ({job_id})"
+              + (f", starting after array {previous} has ended" if previous else "") + f"; logs in {folder}.")
+    print("Re-run this command after a preemption: finished runs are skipped.")
 
 
 def main(argv=None):
@@ -245,8 +420,8 @@ def main(argv=None):
     if args.status:
         print_status(runs)
         return 0
-    # Largest datasets first, so the longest runs do not start last.
-    pending = sorted((run for run in runs if not run.done), key=lambda r: -dataset_size(r.dataset, args.shots))
+    # Plain runs before DPC ones, largest datasets first, so the longest runs do not start last.
+    pending = queue_order([run for run in runs if not run.done], args.shots)
     print(f"{len(runs)} runs in the grid: {len(runs) - len(pending)} done, {len(pending)} to run")
     if not pending:
         return 0
@@ -256,7 +431,13 @@ def main(argv=None):
     if args.dry_run:
         print("\n".join(shlex.join(command(run, args.opts)) for run in pending))
         return 0
-    failed = run_local(args, pending)
+    install_signal_handlers()
+    try:
+        failed = run_local(args, pending)
+    except KeyboardInterrupt as interrupt:  # the runs were stopped; a new launch resumes them
+        why = interrupt.args[0] if isinstance(interrupt, Interrupted) else "interrupted"
+        print(f"Stopped ({why}): the unfinished runs resume on the next launch", file=sys.stderr)
+        return 128 + int(getattr(interrupt, "signum", signal.SIGINT))
     print(f"Finished: {len(pending) - len(failed)} of {len(pending)} runs; {len(failed)} failed")
     for run in failed:
         print(f"  failed: {run.name} (console log {log_path(args, run)})")

@@ -9,11 +9,18 @@ import glob
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import time
+import types
 
 import pytest
 
+from scripts import launch as launcher
+from scripts.methods import dataset_size
+from scripts.methods import grid as run_grid
 from tests.conftest import TINY_OPTS
 
 pytestmark = pytest.mark.slow
@@ -129,7 +136,8 @@ def test_status_and_rerun_skip_finished_runs_and_redo_a_deleted_one(grid, tiny_c
 
     redo = run_dir(output, "test_new", "eurosat", "CoOp", "vit_b16_ctxv1", 2)
     os.remove(os.path.join(redo, "results.json"))
-    assert "1 incomplete" in launch(env, METHODS, DATASETS, "1,2", "--status").stdout
+    assert "7 done, 0 running, 1 failed/interrupted, 0 not started" in launch(
+        env, METHODS, DATASETS, "1,2", "--status").stdout
     run(sweep, env)
     after = files_under(output)
     changed = {os.path.dirname(p) for p in set(after) ^ set(before) | {p for p in before if after.get(p) != before[p]}}
@@ -167,7 +175,7 @@ def test_a_killed_run_resumes_on_the_next_launch(tmp_path, data_root, tiny_clip_
     assert first.returncode == 1 and "0 of 1 runs; 1 failed" in first.stdout
     train_dir = run_dir(output, "train_base", "caltech101", "CrashOnceCoOp", "vit_b16_ep50", 1)
     assert os.path.isfile(os.path.join(train_dir, "prompt_learner", "resume.pth.tar"))
-    assert "1 incomplete" in launch(env, config, "caltech101", "1", "--status").stdout
+    assert "0 done, 0 running, 1 failed/interrupted" in launch(env, config, "caltech101", "1", "--status").stdout
 
     launch(env, *args)
     resumed = open(glob.glob(os.path.join(train_dir, "log.txt-*"))[0]).read()
@@ -206,3 +214,195 @@ def test_slurm_dry_run_writes_an_array_of_the_pending_runs(tmp_path, data_root, 
     launch(env, *args)
     scripts = glob.glob(str(output / "slurm" / "*.sbatch"))
     assert len(scripts) == 1 and "#SBATCH --array=0-2%2" in open(scripts[0]).read()
+
+
+# ----------------------------------------------------------------------------------------------
+# launch.py's queue order, --status states, Slurm arrays and interrupt handling (fast, in-process
+# where possible)
+# ----------------------------------------------------------------------------------------------
+def test_queue_puts_dpc_runs_after_all_plain_runs_longest_first(tmp_path):
+    runs = run_grid("DPC_CoOp,CoOp,DPC_MaPLe,MaPLe,ZeroshotCLIP", "eurosat,imagenet,dtd,caltech101", "1,2",
+                    str(tmp_path))
+    queue = launcher.queue_order(runs, shots=16)
+    assert sorted(map(id, queue)) == sorted(map(id, runs))
+    staged = [bool(r.runner) for r in queue]
+    assert staged == sorted(staged) and staged.count(True) == 16  # every DPC run after every plain one
+    for group in (queue[:24], queue[24:]):
+        sizes = [dataset_size(r.dataset, 16) for r in group]
+        assert sizes == sorted(sizes, reverse=True)  # longest first within each group
+    assert queue[0].dataset == "imagenet" and queue[24].dataset == "imagenet" and queue[24].runner
+
+
+def write_results(run):
+    for directory in (run.train_dir, run.test_dir):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "results.json"), "w") as f:
+            f.write("{}")
+
+
+def test_status_tells_running_runs_from_failed_ones_by_their_lock(tmp_path, capsys):
+    runs = run_grid("CoOp,DPC_CoOp", "caltech101,eurosat,dtd", "1", str(tmp_path / "output"))
+    done, running, failed, waiting, stale, fresh = runs  # CoOp x 3 datasets, then DPC_CoOp x 3
+    for run in runs:
+        os.makedirs(os.path.dirname(run.train_dir), exist_ok=True)
+    write_results(done)
+    os.makedirs(running.train_dir)  # started, and its lock held (by another process, as base2new.sh does)
+    # waiting: a DPC run in its stage 1, locked with no directory of its own yet
+    os.makedirs(failed.train_dir)  # started, lock file left behind but not held: crashed or interrupted
+    for run in (failed, stale):  # stale: a lock file, but never started
+        open(launcher.lock_path(run), "w").close()
+    holder = subprocess.Popen(["flock", launcher.lock_path(running), "flock", launcher.lock_path(waiting),
+                               "sleep", "60"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(launcher.is_locked(launcher.lock_path(r)) for r in (running, waiting)):
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.05)
+        states = {run.name: launcher.run_state(run) for run in runs}
+        assert states == {done.name: "done", running.name: "running", waiting.name: "running",
+                          failed.name: "failed", stale.name: "not started", fresh.name: "not started"}
+        launcher.print_status(runs)
+        out = capsys.readouterr().out
+        assert "6 runs: 1 done, 2 running, 1 failed/interrupted, 2 not started" in out
+        assert f"  running: {running.name}" in out and f"  failed/interrupted: {failed.name}" in out
+        assert "  CoOp/vit_b16_ctxv1: 1/3 done, 1 running, 1 failed/interrupted" in out
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # the flock inside and sleep too
+        holder.wait()
+    deadline = time.monotonic() + 10
+    while launcher.is_locked(launcher.lock_path(running)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the holder's processes are on their way out
+    assert launcher.run_state(running) == "failed"  # the holder died: the lock is free again
+    for run in (failed, stale):  # the probe released the lock it took and created no file
+        with open(launcher.lock_path(run)) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not os.path.exists(launcher.lock_path(fresh))
+
+
+SLURM_ARGS = ["CoOp,DPC_CoOp", "caltech101,eurosat", "1", "--slurm", "--sbatch-arg", "qos=high"]
+
+
+def test_slurm_dry_run_writes_the_dpc_runs_as_a_second_array(tmp_path, capsys):
+    output = tmp_path / "output"
+    assert launcher.main([*SLURM_ARGS, "--dry-run", "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    scripts = {os.path.basename(p).split("-2")[0]: p for p in glob.glob(str(output / "slurm" / "*.sbatch"))}
+    assert set(scripts) == {"base2new", "base2new-dpc"}
+    for name, path in scripts.items():
+        script = open(path).read()
+        assert script in printed and f"#SBATCH --job-name={name}" in script and "#SBATCH --array=0-1" in script
+        commands = open(path.replace(".sbatch", ".commands")).read().splitlines()
+        assert len(commands) == 2 and all((" DPC_CoOp " in c) == (name == "base2new-dpc") for c in commands)
+    assert f"sbatch --dependency=afterany:$JOB {scripts['base2new-dpc']}" in printed
+
+    # Only DPC runs pending: one array, no dependency.
+    for run in run_grid("CoOp", "caltech101,eurosat", "1", str(output)):
+        write_results(run)
+    for path in glob.glob(str(output / "slurm" / "*")):
+        os.remove(path)
+    assert launcher.main([*SLURM_ARGS, "--dry-run", "--output", str(output)]) == 0
+    assert "--dependency" not in capsys.readouterr().out
+    assert [os.path.basename(p).split("-2")[0] for p in glob.glob(str(output / "slurm" / "*.sbatch"))] == [
+        "base2new-dpc"]
+
+
+def test_slurm_submits_the_dpc_array_after_the_plain_one(tmp_path, monkeypatch, capsys):
+    calls = tmp_path / "sbatch.calls"
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\necho "$((4000 + $(wc -l < {calls})));cluster"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "submitit", None)  # no submitit: the plain sbatch scripts
+    assert launcher.main([*SLURM_ARGS, "--output", str(tmp_path / "output")]) == 0
+    first, second = calls.read_text().splitlines()
+    assert first.startswith("--parsable ") and first.endswith(".sbatch") and "base2new-dpc" not in first
+    assert second.startswith("--parsable --dependency=afterany:4001 ") and "base2new-dpc" in second
+    assert "job array 4002 (" in capsys.readouterr().out
+
+
+def test_submitit_submits_the_dpc_batch_with_a_dependency(tmp_path, monkeypatch):
+    batches = []
+
+    class Job:
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+    class AutoExecutor:
+        cluster = "slurm"
+
+        def __init__(self, folder):
+            self.params = {}
+
+        def update_parameters(self, **params):
+            self.params.update(params)
+
+        def batch(self):
+            import contextlib
+            batches.append((dict(self.params), []))
+            return contextlib.nullcontext()
+
+        def submit(self, task):
+            tasks = batches[-1][1]
+            tasks.append(task)
+            return Job(f"{700 + len(batches)}_{len(tasks) - 1}")
+
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=AutoExecutor))
+    assert launcher.main([*SLURM_ARGS, "--output", str(tmp_path / "output")]) == 0
+    (plain, plain_tasks), (staged, staged_tasks) = batches
+    assert plain["name"] == "base2new" and plain["slurm_additional_parameters"] == {"qos": "high"}
+    assert staged["name"] == "base2new-dpc"
+    assert staged["slurm_additional_parameters"] == {"qos": "high", "dependency": "afterany:701"}
+    assert [t.command[2] for t in plain_tasks] == ["CoOp"] * 2
+    assert [t.command[2] for t in staged_tasks] == ["DPC_CoOp"] * 2
+
+
+# The launcher (in a subprocess) on a fake run: bash holding the run's lock, with two grandchildren
+# that inherit it, one of which ignores SIGTERM (so the launcher has to escalate to SIGKILL).
+LAUNCHER_ON_A_FAKE_RUN = """
+import signal, sys
+sys.path.insert(0, {repo!r})
+from scripts import launch
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+FAKE = ('exec 9>{lock}; flock 9; sleep 300 & echo $! >> {pids}; '
+        '(trap "" TERM; exec sleep 301) & echo $! >> {pids}; wait')
+launch.command = lambda run, opts: ["bash", "-c", FAKE]
+launch.STOP_GRACE_S = 1.0
+sys.exit(launch.main(["CoOp", "caltech101", "1", "--gpus", "none", "--output", {output!r}]))
+"""
+
+
+def process_alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # an unreaped zombie is gone too
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopping_the_launcher_stops_the_runs_whole_process_group(tmp_path, signum):
+    pids, lock = tmp_path / "pids", tmp_path / "run.lock"
+    driver = subprocess.Popen([sys.executable, "-c", textwrap.dedent(LAUNCHER_ON_A_FAKE_RUN).format(
+        repo=REPO, lock=str(lock), pids=str(pids), output=str(tmp_path / "output"))],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    grandchildren = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(grandchildren) < 2:
+            assert time.monotonic() < deadline and driver.poll() is None, driver.stdout.read() if driver.poll() else ""
+            time.sleep(0.05)
+            grandchildren = pids.read_text().split() if pids.exists() else []
+        assert launcher.is_locked(str(lock))
+        driver.send_signal(signum)
+        assert driver.wait(timeout=15) == 128 + signum
+        out = driver.stdout.read()
+        assert "Stopping 1 running run(s)" in out and "stopped: CoOp/vit_b16_ctxv1 caltech101 seed1" in out, out
+        assert not [pid for pid in grandchildren if process_alive(int(pid))]
+        assert not launcher.is_locked(str(lock))  # the run's lock is free for the next launch
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for pid in grandchildren:
+            if process_alive(int(pid)):
+                os.kill(int(pid), signal.SIGKILL)
