@@ -30,7 +30,10 @@ class Registry:
         if name not in self._entries:
             # match case-insensitively first: 'COOP' and 'coop' mean 'CoOp'
             by_lower = {key.lower(): key for key in self._entries}
-            guess = [by_lower[name.lower()]] if name.lower() in by_lower else difflib.get_close_matches(name, list(self._entries), n=1)
+            if name.lower() in by_lower:
+                guess = [by_lower[name.lower()]]
+            else:
+                guess = difflib.get_close_matches(name, list(self._entries), n=1)
             hint = f" Did you mean '{guess[0]}'?" if guess else ""
             raise KeyError(f"Unknown {self.kind} '{name}'.{hint} Known: {', '.join(sorted(self._entries))}")
         return self._entries[name]

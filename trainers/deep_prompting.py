@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from trainers.prompting import PromptedTextEncoder, causal_mask, eot_indices, run_block
+from trainers.prompting import PromptedTextEncoder, run_block
 
 
 @dataclass

@@ -1,8 +1,6 @@
 """Checkpoint files: atomic layout, official files with pickled schedulers, refusal of code."""
 import os
 import pickle
-import sys
-import types
 
 import pytest
 import torch
