@@ -1,6 +1,5 @@
 """DPC end to end: stage 1 (backbone), stage 2 (DPC_<backbone>) and the new-class evaluation through
 `train.main` for each backbone; official CoOp+DPC checkpoints and `SPLE.*` keys; the one-command script."""
-import json
 import os
 import shutil
 import subprocess
@@ -9,12 +8,10 @@ import sys
 import pytest
 import torch
 
-import train
 from engine.checkpoint import load_checkpoint
+from tests.helpers.cli import REPO, read_results, run_train
 from tests.helpers.official import make_official_style_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DATASET_CONFIG = os.path.join(REPO, "configs", "datasets", "caltech101.yaml")
 
 # Stage-1 config and the options that keep the prompt shapes equal in every stage (the tiny CLIP
 # has 3 layers, so MaPLe runs with depth 2).
@@ -23,18 +20,6 @@ BACKBONES = {
     "KgCoOp": ("KgCoOp/vit_b16_ep100_ctxv1.yaml", [], "prompt_learner"),
     "MaPLe": ("MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", ["TRAINER.MAPLE.PROMPT_DEPTH", "2"], "MultiModalPromptLearner"),
 }
-
-
-def run(data_root, tiny_clip_path, tiny_opts, trainer, config, output_dir, *flags, opts=()):
-    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--backbone", tiny_clip_path,
-            "--dataset-config-file", DATASET_CONFIG, "--config-file", os.path.join(REPO, "configs", "trainers", config),
-            "--output-dir", str(output_dir), *flags, *tiny_opts, "DATASET.NUM_SHOTS", "2", *opts]
-    return train.main(argv)
-
-
-def results(directory):
-    with open(os.path.join(directory, "results.json")) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +35,7 @@ def pipelines(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
         dirs = done[backbone] = {name: str(out / name) for name in ("stage1", "stage1_new", "base", "new")}
 
         def go(trainer, config, name, *flags, opts=()):
-            run(data_root, tiny_clip_path, tiny_opts, trainer, config, dirs[name], *flags, opts=[*shape_opts, *opts])
+            run_train(data_root, tiny_clip_path, tiny_opts, trainer, config, dirs[name], *flags, opts=[*shape_opts, *opts])
 
         go(backbone, stage1_config, "stage1", opts=["OPTIM.MAX_EPOCH", "1", "DATASET.SUBSAMPLE_CLASSES", "base"])
         go(backbone, stage1_config, "stage1_new", "--eval-only", "--model-dir", dirs["stage1"], "--load-epoch", "1",
@@ -68,7 +53,7 @@ def pipelines(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_three_stages_write_base_and_new_results(pipelines, backbone):
     dirs = pipelines(backbone)
-    base, new = results(dirs["base"]), results(dirs["new"])
+    base, new = read_results(dirs["base"]), read_results(dirs["new"])
     assert (base["trainer"], base["subsample"], base["num_classes"], base["epoch"]) == (f"DPC_{backbone}", "base", 3, 2)
     assert (new["trainer"], new["subsample"], new["num_classes"], new["epoch"]) == (f"DPC_{backbone}", "new", 2, 2)
     log = open(os.path.join(dirs["base"], "log.txt")).read()
@@ -79,7 +64,7 @@ def test_three_stages_write_base_and_new_results(pipelines, backbone):
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_new_accuracy_is_the_backbones(pipelines, backbone):
     dirs = pipelines(backbone)
-    dpc, stage1 = results(dirs["new"]), results(dirs["stage1_new"])
+    dpc, stage1 = read_results(dirs["new"]), read_results(dirs["stage1_new"])
     assert (dpc["correct"], dpc["macro_f1"]) == (stage1["correct"], stage1["macro_f1"])
 
 
@@ -107,11 +92,11 @@ def test_official_coop_dpc_checkpoint_evaluates_to_the_same_accuracies(pipelines
             "SPLE.INFER_TOPK", "8"]
     for subsample, ours_dir in (("base", dirs["base"]), ("new", dirs["new"])):
         out = tmp_path / subsample
-        run(data_root, tiny_clip_path, tiny_opts, "StackSPLE_CoOp", "DPC/CoOp/vit_b16_ep20.yaml", out, "--eval-only",
+        run_train(data_root, tiny_clip_path, tiny_opts, "StackSPLE_CoOp", "DPC/CoOp/vit_b16_ep20.yaml", out, "--eval-only",
             "--model-dir", str(official_dir), "--load-epoch", "20",
             opts=[*sple, "DATASET.SUBSAMPLE_CLASSES", subsample])
-        assert results(out)["accuracy"] == results(ours_dir)["accuracy"]
-        assert results(out)["macro_f1"] == results(ours_dir)["macro_f1"]
+        assert read_results(out)["accuracy"] == read_results(ours_dir)["accuracy"]
+        assert read_results(out)["macro_f1"] == read_results(ours_dir)["macro_f1"]
 
 
 def test_one_command_script_reuses_stage1_and_runs_dpc(data_root, tiny_clip_path, tiny_opts, tmp_path):
@@ -121,9 +106,9 @@ def test_one_command_script_reuses_stage1_and_runs_dpc(data_root, tiny_clip_path
     stage1, stage1_new = (run_dir.format(phase, "CoOp/vit_b16_bs4_ep10_lr35_nctx4")
                           for phase in ("train_base", "test_new"))
     opts = [*tiny_opts, "OPTIM.MAX_EPOCH", "1"]
-    run(data_root, tiny_clip_path, tiny_opts, "CoOp", "CoOp/vit_b16_bs4_ep10_lr35.yaml", stage1,
+    run_train(data_root, tiny_clip_path, tiny_opts, "CoOp", "CoOp/vit_b16_bs4_ep10_lr35.yaml", stage1,
         opts=["TRAINER.COOP.N_CTX", "4", *opts, "DATASET.SUBSAMPLE_CLASSES", "base"])
-    run(data_root, tiny_clip_path, tiny_opts, "CoOp", "CoOp/vit_b16_bs4_ep10_lr35.yaml", stage1_new, "--eval-only",
+    run_train(data_root, tiny_clip_path, tiny_opts, "CoOp", "CoOp/vit_b16_bs4_ep10_lr35.yaml", stage1_new, "--eval-only",
         "--model-dir", stage1, opts=["TRAINER.COOP.N_CTX", "4", *opts, "DATASET.SUBSAMPLE_CLASSES", "new"])
 
     # through the sweep's entry point, with the stage-2 config given as a YAML path
@@ -136,8 +121,8 @@ def test_one_command_script_reuses_stage1_and_runs_dpc(data_root, tiny_clip_path
     output = subprocess.run(command, env=env, cwd=REPO, check=True, capture_output=True, text=True).stdout
     assert "Done already: CoOp caltech101 seed 1" in output
     base_dir, new_dir = (run_dir.format(phase, "DPC_CoOp/my_dpc") for phase in ("train_base", "test_new"))
-    assert results(base_dir)["subsample"] == "base" and results(new_dir)["subsample"] == "new"
-    assert results(new_dir)["correct"] == results(stage1_new)["correct"]
+    assert read_results(base_dir)["subsample"] == "base" and read_results(new_dir)["subsample"] == "new"
+    assert read_results(new_dir)["correct"] == read_results(stage1_new)["correct"]
     assert f'Loaded the tuned prompt P from "{stage1}/prompt_learner/model.pth.tar-1"' in open(
         os.path.join(base_dir, "log.txt")).read()
 

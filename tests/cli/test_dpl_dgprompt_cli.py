@@ -1,16 +1,12 @@
 """DPL and DGPrompt (reconstructed) base-to-new through `train.main` on the synthetic Caltech101,
 and their DPC variants (stage 1, stage 2, new-class evaluation)."""
-import json
-import os
 
 import pytest
 import torch
 
-import train
 from engine.checkpoint import load_checkpoint
+from tests.helpers.cli import read_results, run_train
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DATASET_CONFIG = os.path.join(REPO, "configs", "datasets", "caltech101.yaml")
 
 # Paper config and the options that fit the tiny CLIP (3 layers): depth 2, few shots, 2 epochs.
 METHODS = {
@@ -24,18 +20,6 @@ CHECKPOINT_KEYS = {
 }
 
 
-def run(data_root, tiny_clip_path, tiny_opts, trainer, config, output_dir, *flags, opts=()):
-    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--backbone", tiny_clip_path,
-            "--dataset-config-file", DATASET_CONFIG, "--config-file", os.path.join(REPO, "configs", "trainers", config),
-            "--output-dir", str(output_dir), *flags, *tiny_opts, "DATASET.NUM_SHOTS", "2", *opts]
-    return train.main(argv)
-
-
-def results(directory):
-    with open(os.path.join(directory, "results.json")) as f:
-        return json.load(f)
-
-
 @pytest.fixture(scope="module")
 def base_to_new(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
     """method -> (train_base dir, test_new dir), each trained once."""
@@ -46,9 +30,9 @@ def base_to_new(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
             config, opts = METHODS[method]
             out = tmp_path_factory.mktemp(method)
             base, new = out / "train_base", out / "test_new"
-            run(data_root, tiny_clip_path, tiny_opts, method, config, base,
+            run_train(data_root, tiny_clip_path, tiny_opts, method, config, base,
                 opts=[*opts, "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"])
-            run(data_root, tiny_clip_path, tiny_opts, method, config, new, "--eval-only", "--model-dir", str(base),
+            run_train(data_root, tiny_clip_path, tiny_opts, method, config, new, "--eval-only", "--model-dir", str(base),
                 "--load-epoch", "2", opts=[*opts, "DATASET.SUBSAMPLE_CLASSES", "new"])
             done[method] = base, new
         return done[method]
@@ -61,8 +45,8 @@ def test_base_to_new_round_trip(base_to_new, method):
     base, new = base_to_new(method)
     checkpoint = load_checkpoint(str(base / "prompt_learner" / "model.pth.tar-2"))
     assert set(checkpoint["state_dict"]) >= CHECKPOINT_KEYS[method] and checkpoint["epoch"] == 2
-    assert (results(base)["subsample"], results(base)["num_classes"]) == ("base", 3)
-    assert (results(new)["subsample"], results(new)["num_classes"], results(new)["epoch"]) == ("new", 2, 2)
+    assert (read_results(base)["subsample"], read_results(base)["num_classes"]) == ("base", 3)
+    assert (read_results(new)["subsample"], read_results(new)["num_classes"], read_results(new)["epoch"]) == ("new", 2, 2)
     log = (base / "log.txt").read_text()
     assert f"{method} (reconstructed)" in log and "* accuracy:" in log[log.index("Finish training"):]
 
@@ -71,10 +55,10 @@ def test_base_to_new_round_trip(base_to_new, method):
 def test_eval_only_reproduces_the_final_test(base_to_new, method, data_root, tiny_clip_path, tiny_opts, tmp_path):
     base, _ = base_to_new(method)
     config, opts = METHODS[method]
-    run(data_root, tiny_clip_path, tiny_opts, method, config, tmp_path, "--eval-only", "--model-dir", str(base),
+    run_train(data_root, tiny_clip_path, tiny_opts, method, config, tmp_path, "--eval-only", "--model-dir", str(base),
         "--load-epoch", "2", opts=[*opts, "DATASET.SUBSAMPLE_CLASSES", "base"])
-    assert results(tmp_path)["correct"] == results(base)["correct"]
-    assert results(tmp_path)["macro_f1"] == results(base)["macro_f1"]
+    assert read_results(tmp_path)["correct"] == read_results(base)["correct"]
+    assert read_results(tmp_path)["macro_f1"] == read_results(base)["macro_f1"]
 
 
 # ---- DPC on top: stage 1 is the base-to-new run above ------------------------------------------------
@@ -96,9 +80,9 @@ def dpc_runs(base_to_new, data_root, tiny_clip_path, tiny_opts, tmp_path_factory
             out = tmp_path_factory.mktemp(f"dpc_{method}")
             config, opts = f"DPC/{method}/vit_b16_ep20.yaml", [*METHODS[method][1], "OPTIM.MAX_EPOCH", "2",
                                                                  "TRAINER.DPC.BACKBONE_DIR", str(stage1)]
-            run(data_root, tiny_clip_path, tiny_opts, f"DPC_{method}", config, out / "base",
+            run_train(data_root, tiny_clip_path, tiny_opts, f"DPC_{method}", config, out / "base",
                 opts=[*opts, "DATASET.SUBSAMPLE_CLASSES", "base"])
-            run(data_root, tiny_clip_path, tiny_opts, f"DPC_{method}", config, out / "new", "--eval-only",
+            run_train(data_root, tiny_clip_path, tiny_opts, f"DPC_{method}", config, out / "new", "--eval-only",
                 "--model-dir", str(out / "base"), "--load-epoch", "2", opts=[*opts, "DATASET.SUBSAMPLE_CLASSES", "new"])
             done[method] = stage1, out / "base", out / "new"
         return done[method]
@@ -115,8 +99,8 @@ def test_dpc_trains_the_cloned_prompts_only_and_keeps_the_backbone_for_new_class
     assert all(not torch.equal(theta[k], p[k]) for k in cloned)
     assert all(torch.equal(theta[k], p[k]) for k in frozen)
     assert f"prompt tensors {sorted('prompt_learner.' + k for k in cloned)}" in (base / "log.txt").read_text()
-    assert (results(base)["trainer"], results(base)["num_classes"]) == (f"DPC_{method}", 3)
+    assert (read_results(base)["trainer"], read_results(base)["num_classes"]) == (f"DPC_{method}", 3)
     # ω_new = 0: the new classes see the stage-1 prompts, so DPC's new accuracy is the backbone's.
     _, stage1_new = base_to_new(method)
-    assert (results(new)["num_classes"], results(new)["correct"], results(new)["macro_f1"]) == \
-        (2, results(stage1_new)["correct"], results(stage1_new)["macro_f1"])
+    assert (read_results(new)["num_classes"], read_results(new)["correct"], read_results(new)["macro_f1"]) == \
+        (2, read_results(stage1_new)["correct"], read_results(stage1_new)["macro_f1"])

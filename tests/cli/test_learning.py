@@ -1,27 +1,19 @@
 """Training actually learns: on the Caltech101 fixture (one solid colour per class) the tiny
 random CLIP is at chance zero-shot, and MaPLe's prompts make it discriminate the classes."""
-import json
-import os
 import re
 
-import train
+from tests.helpers.cli import read_results, run_train
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def run(data_root, tiny_clip_path, tiny_opts, output_dir, trainer, config, *flags, opts=()):
-    train.main(["--root", data_root, "--seed", "1", "--trainer", trainer, "--backbone", tiny_clip_path,
-                "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "caltech101.yaml"),
-                "--config-file", os.path.join(REPO, "configs", "trainers", config), "--output-dir", str(output_dir),
-                *flags, *tiny_opts, "DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "all", *opts])
-    with open(os.path.join(output_dir, "results.json")) as f:
-        return json.load(f)["accuracy"]
+def accuracy(data_root, tiny_clip_path, tiny_opts, output_dir, trainer, config, *flags, opts=()):
+    run_train(data_root, tiny_clip_path, tiny_opts, trainer, config, output_dir, *flags,
+              opts=["DATASET.NUM_SHOTS", "4", "DATASET.SUBSAMPLE_CLASSES", "all", *opts])
+    return read_results(output_dir)["accuracy"]
 
 
 def test_maple_learns_the_fixture_classes(data_root, tiny_clip_path, tiny_opts, tmp_path):
-    zero_shot = run(data_root, tiny_clip_path, tiny_opts, tmp_path / "zs", "ZeroshotCLIP", "CoOp/vit_b16.yaml",
+    zero_shot = accuracy(data_root, tiny_clip_path, tiny_opts, tmp_path / "zs", "ZeroshotCLIP", "CoOp/vit_b16.yaml",
                     "--eval-only")
-    trained = run(data_root, tiny_clip_path, tiny_opts, tmp_path / "maple", "MaPLe",
+    trained = accuracy(data_root, tiny_clip_path, tiny_opts, tmp_path / "maple", "MaPLe",
                   "MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
                   opts=["TRAINER.MAPLE.PROMPT_DEPTH", "3", "OPTIM.MAX_EPOCH", "20", "OPTIM.LR", "0.02"])
     assert zero_shot <= 40.0  # 5 classes: chance is 20%

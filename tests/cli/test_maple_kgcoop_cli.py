@@ -1,19 +1,17 @@
 """MaPLe and KgCoOp end to end through `train.main` on a synthetic Caltech101; their configs."""
 import glob
-import json
 import os
 
 import pytest
 import torch
 
-import train
 from engine.checkpoint import load_checkpoint
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg, merge_from_file
+from tests.helpers.cli import REPO, read_results, run_train
 from tests.helpers.official import make_official_style_checkpoint
 from trainers.maple import MaPLeModel
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "trainers")
 MAPLE = ("MaPLe", "MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", ["TRAINER.MAPLE.PROMPT_DEPTH", "3"])
 KGCOOP = ("KgCoOp", "KgCoOp/vit_b16_ep100_ctxv1.yaml", [])
@@ -22,16 +20,9 @@ KGCOOP = ("KgCoOp", "KgCoOp/vit_b16_ep100_ctxv1.yaml", [])
 def run(method, data_root, tiny_clip_path, tiny_opts, output_dir, *flags, opts=()):
     """train.py with the tiny CLIP: 2 shots, 2 epochs, base classes unless `opts` say otherwise."""
     trainer, config, method_opts = method
-    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--backbone", tiny_clip_path,
-            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "caltech101.yaml"),
-            "--config-file", os.path.join(CONFIGS, config), "--output-dir", str(output_dir), *flags]
-    defaults = [*tiny_opts, "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"]
-    return train.main([*argv, *defaults, *method_opts, *opts])
-
-
-def read_results(output_dir):
-    with open(os.path.join(output_dir, "results.json")) as f:
-        return json.load(f)
+    defaults = ["OPTIM.MAX_EPOCH", "2", "DATASET.SUBSAMPLE_CLASSES", "base"]
+    return run_train(data_root, tiny_clip_path, tiny_opts, trainer, config, output_dir, *flags,
+                     opts=[*defaults, *method_opts, *opts])
 
 
 def evaluate(method, data_root, tiny_clip_path, tiny_opts, output_dir, model_dir, subsample="base"):

@@ -6,29 +6,18 @@ import os
 import pytest
 import torch
 
-import train
 from engine.checkpoint import load_checkpoint
 from engine.data import DatasetError
 from engine.trainer import TrainerBase
+from tests.helpers.cli import read_results, run_train
 from tests.helpers.official import make_official_style_checkpoint
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(REPO, "configs", "trainers", "CoOp", "vit_b16_ep50.yaml")
 
 
 def run(data_root, tiny_clip_path, tiny_opts, output_dir, *flags, opts=(), trainer="CoOp", dataset="caltech101"):
     """train.py with the tiny CLIP: 2 shots, 2 epochs, 4 context tokens, base classes by default."""
-    argv = ["--root", data_root, "--seed", "1", "--trainer", trainer, "--backbone", tiny_clip_path,
-            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml"), "--config-file", CONFIG,
-            "--output-dir", str(output_dir), *flags]
-    defaults = [*tiny_opts, "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "2", "TRAINER.COOP.N_CTX", "4",
-                "DATASET.SUBSAMPLE_CLASSES", "base"]
-    return train.main([*argv, *defaults, *opts])
-
-
-def read_results(output_dir):
-    with open(os.path.join(output_dir, "results.json")) as f:
-        return json.load(f)
+    defaults = ["OPTIM.MAX_EPOCH", "2", "TRAINER.COOP.N_CTX", "4", "DATASET.SUBSAMPLE_CLASSES", "base"]
+    return run_train(data_root, tiny_clip_path, tiny_opts, trainer, "CoOp/vit_b16_ep50.yaml", output_dir, *flags,
+                     opts=[*defaults, *opts], dataset=dataset)
 
 
 @pytest.fixture(scope="module")

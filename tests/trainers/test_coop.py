@@ -20,11 +20,6 @@ def coop_cfg(**opts):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def clip_fp32(tiny_clip_path):
-    return load_clip_to_cpu(tiny_clip_path).float()
-
-
 def test_fp16_clip_gives_fp16_context(tiny_clip_path):
     model = CoOpModel(coop_cfg(N_CTX=4), CLASSNAMES, load_clip_to_cpu(tiny_clip_path))
     assert model.prompt_learner.ctx.dtype == torch.float16  # reference: no fp32 master copy

@@ -38,11 +38,6 @@ def perturb_generators(model, seed=0):
                 param.normal_(std=0.05)
 
 
-@pytest.fixture(scope="module")
-def clip_fp32(tiny_clip_path):
-    return load_clip_to_cpu(tiny_clip_path).float()
-
-
 @pytest.fixture
 def images():
     torch.manual_seed(1)

@@ -28,11 +28,6 @@ def build(clip_model, classnames=CLASSNAMES, **opts):
     return model
 
 
-@pytest.fixture(scope="module")
-def clip_fp32(tiny_clip_path):
-    return load_clip_to_cpu(tiny_clip_path).float()
-
-
 @pytest.fixture
 def images():
     return torch.randn(3, 3, 32, 32)

@@ -22,11 +22,6 @@ def kgcoop_cfg(dataset="Caltech101", **opts):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def clip_fp32(tiny_clip_path):
-    return load_clip_to_cpu(tiny_clip_path).float()
-
-
 def test_knowledge_score_on_a_hand_built_case(clip_fp32):
     """t = (e1, e2), hand-crafted w = (e1, e1): cosines (1, 0), squared distances (0, 2)."""
     model = KgCoOpModel(kgcoop_cfg(N_CTX=4), ["a", "b"], clip_fp32)

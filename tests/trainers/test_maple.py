@@ -28,11 +28,6 @@ def set_trainable(model):
     return model
 
 
-@pytest.fixture(scope="module")
-def clip_fp32(tiny_clip_path):
-    return load_clip_to_cpu(tiny_clip_path).float()
-
-
 def test_tensors_and_dtypes_under_fp16(tiny_clip_path):
     learner = MaPLeModel(maple_cfg(PROMPT_DEPTH=3), CLASSNAMES, load_clip_to_cpu(tiny_clip_path)).prompt_learner
     assert learner.ctx.shape == (2, 128) and learner.ctx.dtype == torch.float16
