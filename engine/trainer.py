@@ -158,6 +158,19 @@ class TrainerBase:
         if missing or unexpected:
             print(f"Warning: checkpoint keys missing {missing}, unexpected {unexpected}")
 
+    def report_frozen_mismatch(self, frozen):
+        """Warn when an official whole-model file's frozen CLIP tensors differ from our backbone's.
+
+        Official loaders overwrite the backbone with the file's copy; we keep the configured one.
+        """
+        ours = self.model.state_dict()
+        differ = [k for k, v in frozen.items()
+                  if k not in ours or v.shape != ours[k].shape or not torch.equal(v.to(ours[k]), ours[k])]
+        if differ:
+            print(f"Warning: {len(differ)} of the checkpoint's {len(frozen)} frozen CLIP tensors differ from the "
+                  f"backbone {self.cfg.MODEL.BACKBONE.NAME} (e.g. {differ[:3]}); the checkpoint was trained with "
+                  "another CLIP. Keeping the configured backbone (the official loader would overwrite it).")
+
     # ------------------------------------------------------------------------------
     # Model construction
     # ------------------------------------------------------------------------------

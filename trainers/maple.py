@@ -122,12 +122,3 @@ class MaPLe(TrainerBase):
                            f"(first keys: {list(state_dict)[:5]})")
         self.report_frozen_mismatch({k: v for k, v in state_dict.items() if not k.startswith(PREFIX)})
         super().load_checkpoint_state_dict(learner)
-
-    def report_frozen_mismatch(self, frozen):
-        ours = self.model.state_dict()
-        differ = [k for k, v in frozen.items()
-                  if k not in ours or v.shape != ours[k].shape or not torch.equal(v.to(ours[k]), ours[k])]
-        if differ:
-            print(f"Warning: {len(differ)} of the checkpoint's {len(frozen)} frozen CLIP tensors differ from the "
-                  f"backbone {self.cfg.MODEL.BACKBONE.NAME} (e.g. {differ[:3]}); the checkpoint was trained with "
-                  "another CLIP. Keeping the configured backbone (the official loader would overwrite it).")

@@ -1,0 +1,165 @@
+"""IVLP: Independent Vision-Language Prompting (the base of PromptSRC; Khattak et al., ICCV 2023,
+arXiv 2307.06948).
+
+Unlike MaPLe, the two towers are prompted independently: N_CTX_TEXT learned tokens after SOT
+plus a fresh text prompt at the input of text blocks 1..PROMPT_DEPTH_TEXT-1, and N_CTX_VISION
+learned tokens appended after the patches plus a fresh vision prompt at the input of vision
+blocks 1..PROMPT_DEPTH_VISION-1. No coupling, cross-entropy only. PromptSRC (promptsrc.py) and
+PromptKD's teacher (promptkd.py) reuse this model. Deviations: README "Differences".
+
+The deep prompts are parameters named `VPT_shallow` on CLIP's own residual blocks and the first
+vision prompt is `image_encoder.VPT`, so the state-dict keys are the official ones
+(`text_encoder.transformer.resblocks.3.VPT_shallow`, ...) without forking CLIP's model code.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from yacs.config import CfgNode as CN
+
+from engine.registry import TRAINERS
+from engine.trainer import TrainerBase
+from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
+from trainers.prompting import PromptedCLIP, assemble_prompts, build_class_prompts, init_context
+
+# Trainable tensors: the first text context and every tensor whose name holds `VPT`.
+TEXT_CTX = "prompt_learner.ctx"
+PROMPT_MARK = "VPT"
+
+
+def add_ivlp_config(cfg):
+    cfg.TRAINER.IVLP = CN()
+    # Reference behaviour: train.py defaults to 2+2 tokens while the shipped config sets 4+4.
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2            # vision prompt tokens per prompted layer
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2              # text prompt tokens per prompted layer
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"   # first N_CTX_TEXT tokens become ctx (if N_CTX_TEXT <= 4)
+    cfg.TRAINER.IVLP.PREC = "fp16"               # fp16 | fp32 | amp | bf16
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9     # prompted vision layers incl. the input (0 = no vision prompt)
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9       # prompted text layers incl. the input (>= 1)
+
+
+def is_ivlp_trainable(name):
+    """The official selection rule: the text context and every `VPT` tensor; nothing else."""
+    return name == TEXT_CTX or PROMPT_MARK in name
+
+
+def add_deep_prompts(blocks, depth, n_ctx, width):
+    """Give blocks 1..depth-1 a fresh N(0, 0.02^2) fp32 `VPT_shallow` (n_ctx, width), in block order."""
+    for block in list(blocks)[1:depth]:
+        block.VPT_shallow = nn.Parameter(torch.empty(n_ctx, width))
+        nn.init.normal_(block.VPT_shallow, std=0.02)
+
+
+def deep_prompts_of(blocks):
+    """The `VPT_shallow` of blocks 1.., up to the last prompted block (prompt i enters block i + 1)."""
+    prompts = [getattr(block, "VPT_shallow", None) for block in list(blocks)[1:]]
+    while prompts and prompts[-1] is None:
+        prompts.pop()
+    return prompts
+
+
+class IVLPPromptLearner(nn.Module):
+    """The layer-0 text context and the frozen class-name tokens around it."""
+
+    def __init__(self, n_ctx, ctx_init, classnames, clip_model):
+        super().__init__()
+        init = init_context(clip_model, n_ctx, ctx_init, phrase_sets_length=False)
+        self.ctx = nn.Parameter(init.ctx)  # (n_ctx, text_width), model dtype
+        self.n_ctx = init.n_ctx
+        prompts = build_class_prompts(clip_model, classnames, init.prompt_prefix, init.n_ctx)
+        self.register_buffer("token_prefix", prompts.token_prefix)  # SOT: (n_cls, 1, text_width)
+        self.register_buffer("token_suffix", prompts.token_suffix)  # rest of the phrase, name, '.', EOT, padding
+        self.tokenized_prompts = prompts.tokenized                    # (n_cls, 77)
+
+    def forward(self):
+        """Class prompts (n_cls, 77, text_width) with the learned context after SOT."""
+        return assemble_prompts(self.ctx, self.token_prefix, self.token_suffix)
+
+
+class IVLPModel(PromptedCLIP):
+    """Frozen CLIP whose towers each carry their own deep prompts.
+
+    Args:
+        opts: a config node with the IVLP keys (N_CTX_TEXT, N_CTX_VISION, CTX_INIT,
+            PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION); PromptSRC and PromptKD pass their own nodes.
+    """
+
+    frozen_image_encoder = False
+
+    def __init__(self, opts, classnames, clip_model):
+        super().__init__(clip_model)
+        sizes = tower_sizes(clip_model)
+        if opts.PROMPT_DEPTH_TEXT < 1:
+            raise ValueError(f"PROMPT_DEPTH_TEXT must be >= 1 (1 = the first layer's context only), "
+                             f"got {opts.PROMPT_DEPTH_TEXT}")
+        if opts.PROMPT_DEPTH_VISION < 0:
+            raise ValueError(f"PROMPT_DEPTH_VISION must be >= 0 (0 = no vision prompt), got {opts.PROMPT_DEPTH_VISION}")
+        print("Independent V-L design")
+        self.text_encoder = DeepPromptedTextEncoder(clip_model)
+        self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
+        # Reference RNG order, as far as a plain CLIP build allows: the vision prompts (first, then per
+        # block), the text prompts per block, then a random context fill. The reference draws the
+        # block prompts while building CLIP, interleaved with CLIP's own init (README "Differences").
+        self.n_ctx_vision = opts.N_CTX_VISION if opts.PROMPT_DEPTH_VISION > 0 else 0
+        if self.n_ctx_vision:
+            self.image_encoder.VPT = nn.Parameter(torch.empty(opts.N_CTX_VISION, sizes.vision_width))
+            nn.init.normal_(self.image_encoder.VPT, std=0.02)
+            add_deep_prompts(self.image_encoder.transformer.resblocks, opts.PROMPT_DEPTH_VISION,
+                             opts.N_CTX_VISION, sizes.vision_width)
+        add_deep_prompts(self.text_encoder.transformer.resblocks, opts.PROMPT_DEPTH_TEXT, opts.N_CTX_TEXT,
+                         sizes.text_width)
+        self.prompt_learner = IVLPPromptLearner(opts.N_CTX_TEXT, opts.CTX_INIT, classnames, clip_model)
+        print(f"Number of context words (tokens) for Language prompting: {opts.N_CTX_TEXT}")
+        print(f"Number of context words (tokens) for Vision prompting: {self.n_ctx_vision}")
+
+    def encode_text(self):
+        # The text side does not depend on the image: the engine calls this once per evaluation.
+        deep = deep_prompts_of(self.text_encoder.transformer.resblocks)
+        return self.text_encoder(self.prompt_learner(), self.prompt_learner.tokenized_prompts, deep)
+
+    def encode_image(self, images):
+        if not self.n_ctx_vision:
+            return self.image_encoder(images.type(self.dtype))
+        deep = deep_prompts_of(self.image_encoder.transformer.resblocks)
+        return self.image_encoder(images.type(self.dtype), self.image_encoder.VPT, deep)
+
+
+@TRAINERS.register("IVLP", config=add_ivlp_config)
+class IVLP(TrainerBase):
+    """Trains the text context and every `VPT` prompt with cross-entropy.
+
+    Checkpoints (folder `VLPromptLearner`, as the official trainer) hold the trainable tensors
+    under the official whole-model key names; official whole-model files load too.
+    """
+
+    config_node = "IVLP"
+    checkpoint_name = "VLPromptLearner"
+
+    def is_trainable(self, name):
+        return is_ivlp_trainable(name)
+
+    def build_model(self, clip_model, classnames):
+        return IVLPModel(self.cfg.TRAINER.IVLP, classnames, clip_model)
+
+    def compute_loss(self, batch):
+        # Reference behaviour: the training forward returns the loss only (no accuracy is logged).
+        return F.cross_entropy(self.model(batch.images), batch.labels), None
+
+    def checkpoint_module(self):
+        return self.model  # the official registered model is the whole CustomCLIP
+
+    def checkpoint_state_dict(self):
+        """The trainable tensors, official key names (the frozen CLIP comes from the backbone)."""
+        return {k: v for k, v in self.model.state_dict().items() if is_ivlp_trainable(k)}
+
+    def load_checkpoint_state_dict(self, state_dict):
+        """Load the trainable tensors; the frozen CLIP weights of an official whole-model file are
+        compared with the configured backbone and a mismatch is reported (as for MaPLe)."""
+        prompts = {k: v for k, v in state_dict.items() if is_ivlp_trainable(k)}
+        missing = [k for k in self.checkpoint_state_dict() if k not in prompts]
+        if missing:
+            raise KeyError(f"The checkpoint lacks the {self.cfg.TRAINER.NAME} prompt tensors {missing[:4]}"
+                           f"{' ...' if len(missing) > 4 else ''}: it was written by another method or with "
+                           "other PROMPT_DEPTH_* / N_CTX_* settings")
+        self.report_frozen_mismatch({k: v for k, v in state_dict.items()
+                                     if k not in prompts and not k.startswith("prompt_learner.token_")})
+        super().load_checkpoint_state_dict(prompts)
