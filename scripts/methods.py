@@ -46,6 +46,11 @@ METHODS = {
     # KgCoOp's official base-to-new run: batch 128, 100 epochs, W = 8.0 on the command line.
     "KgCoOp": Method("vit_b16_ep100_ctxv1", opts=("TRAINER.COOP.W", "8.0")),
     "MaPLe": Method("vit_b16_c2_ep5_batch4_2ctx"),
+    # The PromptSRC repository's IVLP baseline and PromptSRC itself (20 epochs, 4+4 tokens, depth 9).
+    "IVLP": Method("vit_b16_c2_ep20_batch4_4+4ctx"),
+    "PromptSRC": Method("vit_b16_c2_ep20_batch4_4+4ctx"),
+    # Distillation from a ViT-L/14 PromptSRC teacher (a prerequisite: teacher_model/<DATASET>/...).
+    "PromptKD": Method("vit_b16_c2_ep20_batch8_4+4ctx"),
     # Reconstructions (spec decision 9): MaPLe-style schedules chosen in dpl.md §4 / dgprompt.md §4.
     "DPL": Method("vit_b16_c2_ep5_batch4_4+4ctx", label="DPL (reconstructed)"),
     "DGPrompt": Method("vit_b16_c2_ep10_batch4_4+4ctx", label="DGPrompt (reconstructed)"),
@@ -54,6 +59,11 @@ METHODS = {
     "DPC_KgCoOp": Method("vit_b16_ep20", config_dir="DPC/KgCoOp", runner=(DPC_RUNNER, "KgCoOp"),
                          label="KgCoOp + DPC"),
     "DPC_MaPLe": Method("vit_b16_ep20", config_dir="DPC/MaPLe", runner=(DPC_RUNNER, "MaPLe"), label="MaPLe + DPC"),
+    "DPC_IVLP": Method("vit_b16_ep20", config_dir="DPC/IVLP", runner=(DPC_RUNNER, "IVLP"), label="IVLP + DPC"),
+    "DPC_PromptSRC": Method("vit_b16_ep20", config_dir="DPC/PromptSRC", runner=(DPC_RUNNER, "PromptSRC"),
+                            label="PromptSRC + DPC"),
+    "DPC_PromptKD": Method("vit_b16_c2_ep20_batch4_4+4ctx", config_dir="DPC/PromptKD", runner=(DPC_RUNNER, "PromptKD"),
+                           label="PromptKD + DPC"),
     "DPC_DPL": Method("vit_b16_ep20", config_dir="DPC/DPL", runner=(DPC_RUNNER, "DPL"),
                       label="DPL (reconstructed) + DPC"),
     "DPC_DGPrompt": Method("vit_b16_ep20", config_dir="DPC/DGPrompt", runner=(DPC_RUNNER, "DGPrompt"),

@@ -15,6 +15,9 @@ def test_rows_are_harmonic_means_and_averages_match(method):
     results = PAPER[method]["results"]
     assert set(results) == set(DATASET_ORDER) and set(DATASET_ORDER[1:]) == set(DATASETS)
     for dataset, (base, new, h) in results.items():
+        if dataset in PAPER[method].get("misprinted_h", ()):
+            assert hm(base, new) != pytest.approx(h, abs=0.011), f"{dataset} is listed as misprinted"
+            continue
         assert hm(base, new) == pytest.approx(h, abs=0.011), dataset
     rows = [results[d] for d in DATASET_ORDER[1:]]
     avg_base, avg_new = (sum(r[i] for r in rows) / len(rows) for i in (0, 1))
