@@ -1,4 +1,4 @@
-"""Caltech101: 100 object categories, CoOp split `split_zhou_Caltech101.json` (spec §1.3.2).
+"""Caltech101: 100 object categories, CoOp split `split_zhou_Caltech101.json`.
 
 Labels follow the case-sensitive sort of the folder names, so `Faces`, `Leopards` and
 `Motorbikes` come first; four folders are renamed and two are not classes at all.

@@ -1,6 +1,6 @@
 """Describable Textures (DTD): 47 texture words, CoOp split `split_zhou_DescribableTextures.json`.
 
-Spec §1.3.9. The fallback cuts each class folder 50/20/30; the official splits in `labels/`
+The fallback cuts each class folder 50/20/30; the official splits in `labels/`
 are not used.
 """
 from datasets.gdrive import gdown_hint

@@ -1,6 +1,6 @@
 """EuroSAT (RGB): 10 land-use classes from Sentinel-2, CoOp split `split_zhou_EuroSAT.json`.
 
-Spec §1.3.10. Classnames are verbose phrases (`Annual Crop Land`), not the folder names.
+Classnames are verbose phrases (`Annual Crop Land`), not the folder names.
 """
 from datasets.gdrive import gdown_hint
 from engine.data import DATASETS, DatasetBase, read_and_split_data

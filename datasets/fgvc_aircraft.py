@@ -1,4 +1,4 @@
-"""FGVC-Aircraft 2013b: 100 aircraft variants, official variant-level splits (spec §1.3.7).
+"""FGVC-Aircraft 2013b: 100 aircraft variants, official variant-level splits.
 
 No split JSON: the official `images_variant_{train,val,test}.txt` and `variants.txt` are read
 on every run. Variant names may hold spaces and `/` (`Cessna 172`, `F-16A/B`). The copyright

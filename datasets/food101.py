@@ -1,4 +1,4 @@
-"""Food-101: 101 dishes, CoOp split `split_zhou_Food101.json` (spec §1.3.6).
+"""Food-101: 101 dishes, CoOp split `split_zhou_Food101.json`.
 
 The fallback cuts each class folder 50/20/30; the official meta/train/test lists are not used,
 so the benchmark test set is not the official one.

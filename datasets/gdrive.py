@@ -1,4 +1,4 @@
-"""Google Drive IDs of the files the CoOp authors host (CoOp DATASETS.md; spec §1.4).
+"""Google Drive IDs of the files the CoOp authors host, as listed in CoOp's data instructions.
 
 The readers quote these in their `downloads` hints, and `scripts/prepare_data.py` fetches
 them with gdown.

@@ -1,4 +1,4 @@
-"""ImageNet (ILSVRC-2012): 1000 classes, no split JSON (spec §1.3.1).
+"""ImageNet (ILSVRC-2012): 1000 classes, no split JSON.
 
 Train is `images/train/<wnid>/`, and the 50k val images (re-arranged into `images/val/<wnid>/`)
 are both the val and the test set. Classnames come from CLIP's curated `classnames.txt`.

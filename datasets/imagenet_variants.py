@@ -1,4 +1,4 @@
-"""ImageNet variants for cross-dataset / domain-generalisation tests (spec §1.5).
+"""ImageNet variants for cross-dataset / domain-generalisation tests (docs/data.md).
 
 ImageNetV2, ImageNet-Sketch, ImageNet-A and ImageNet-R are test-only: every image is both
 `train_x` and `test`, with no few-shot step and no base/new subsampling. Each dataset dir

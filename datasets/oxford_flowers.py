@@ -1,4 +1,4 @@
-"""Oxford Flowers102: 102 flower species, CoOp split `split_zhou_OxfordFlowers.json` (spec §1.3.5).
+"""Oxford Flowers102: 102 flower species, CoOp split `split_zhou_OxfordFlowers.json`.
 
 The fallback reads `imagelabels.mat` (image i has class labels[i-1]) and names classes with
 `cat_to_name.json`; each class is cut 50/20/30. The official setid.mat split is not used.

@@ -1,4 +1,4 @@
-"""Oxford-IIIT Pets: 37 cat and dog breeds, CoOp split `split_zhou_OxfordPets.json` (spec §1.3.3).
+"""Oxford-IIIT Pets: 37 cat and dog breeds, CoOp split `split_zhou_OxfordPets.json`.
 
 The fallback reads the official `annotations/trainval.txt` (cut 80/20 into train/val) and
 `annotations/test.txt`. Classnames are the lower-cased breed part of the file name.

@@ -1,4 +1,4 @@
-"""Stanford Cars: 196 car models, CoOp split `split_zhou_StanfordCars.json` (spec §1.3.4).
+"""Stanford Cars: 196 car models, CoOp split `split_zhou_StanfordCars.json`.
 
 Split paths are relative to the dataset dir itself (`cars_train/00001.jpg`,
 `cars_test/00001.jpg`): both folders hold files with the same names. The fallback reads the

@@ -1,4 +1,4 @@
-"""SUN397: 397 scene categories, CoOp split `split_zhou_SUN397.json` (spec §1.3.8).
+"""SUN397: 397 scene categories, CoOp split `split_zhou_SUN397.json`.
 
 The fallback reads partition 01 (`ClassName.txt`, `Training_01.txt` cut 80/20, `Testing_01.txt`).
 Classnames drop the leading letter and reverse the path: `b/bakery/shop` -> `shop bakery`.

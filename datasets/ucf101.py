@@ -1,4 +1,4 @@
-"""UCF101 (middle frames): 101 human actions, CoOp split `split_zhou_UCF101.json` (spec §1.3.11).
+"""UCF101 (middle frames): 101 human actions, CoOp split `split_zhou_UCF101.json`.
 
 Images are the middle frame of each video, supplied by the CoOp authors. CamelCase action
 names are split with `_` (`ApplyEyeMakeup` -> `Apply_Eye_Makeup`), for both the folder and the

@@ -2,7 +2,7 @@
 
 The warm-up wrappers reproduce Dassl's `ConstantWarmupScheduler` / `LinearWarmupScheduler`
 around torch's own `CosineAnnealingLR`, so the per-epoch LRs are bit-identical to the
-reference (common.md §9.2): epoch 0 at WARMUP_CONS_LR, epoch 1 at LR, then the cosine
+reference (docs/engine.md): epoch 0 at WARMUP_CONS_LR, epoch 1 at LR, then the cosine
 lagging one epoch behind. Dassl's version passes a positional `verbose` argument that
 current torch rejects; ours does not (README "Differences").
 """

@@ -1,4 +1,5 @@
-"""Hand-crafted prompt templates, keyed by `DATASET.NAME` (coop.md §2, kgcoop.md §1.2)."""
+"""Hand-crafted prompt templates, keyed by `DATASET.NAME`; zero-shot CLIP's table and KgCoOp's variant
+(docs/methods/zsclip.md, docs/methods/kgcoop.md)."""
 
 # Zero-shot CLIP's per-dataset template (CoOp `trainers/zsclip.py`).
 CUSTOM_TEMPLATES = {

@@ -1,4 +1,4 @@
-"""Zero-shot CLIP with the per-dataset hand-crafted template (coop.md §2).
+"""Zero-shot CLIP with the per-dataset hand-crafted template (docs/methods/zsclip.md).
 
 No training: run with `--eval-only` and a CoOp config (for the transforms and backbone).
 Text features of `template.format(classname)` are computed once, at the first evaluation, on

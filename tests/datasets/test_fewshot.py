@@ -1,6 +1,6 @@
 """Few-shot sampling through the readers: the subset, its cache, and the official `.pkl` cache.
 
-data_and_protocol.md §2.2: the subset is a pure function of (split file, seed, K); sampling
+Reference behaviour (docs/data.md): the subset is a pure function of (split file, seed, K); sampling
 happens before base/new subsampling, and one cache per (K, seed) serves the base and new runs.
 """
 import json
@@ -59,7 +59,7 @@ def test_cache_is_read_instead_of_sampling(tmp_path, build):
     again = build(tmp_path, "DescribableTextures", shots=2)  # seeds the RNG with 1, then reads
     state_after_read = random.getstate()
     random.seed(1)
-    assert state_after_read == random.getstate()  # reading the cache draws nothing (§2.2 step 2)
+    assert state_after_read == random.getstate()  # reading the cache draws nothing, so later draws match the reference
     assert paths(again.train_x) == paths(first.train_x)
     other_seed = build(tmp_path, "DescribableTextures", shots=2, seed=2)
     assert paths(other_seed.train_x) != paths(first.train_x)

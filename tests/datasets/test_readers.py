@@ -1,4 +1,4 @@
-"""Every dataset reader on the synthetic fixtures (data_and_protocol.md §1 and §7.3).
+"""Every dataset reader on the synthetic fixtures (docs/data.md).
 
 Counts, label order and classnames in split-JSON mode, the fallback splits (and the JSON they
 write back), the ImageNet caches, the test-only variants, and the errors for missing files.
@@ -18,13 +18,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 ALL_DATASETS = {**FIXTURE_DATASETS, **VARIANT_DATASETS}
 SETTINGS = [(-1, "all"), (-1, "base"), (-1, "new"), (2, "all"), (2, "base"), (2, "new")]
 
-# §7.3, reference readers at seed 1: (num_classes, train, val, test).
+# What the reference readers give on these fixtures at seed 1: (num_classes, train, val, test).
 EXPECTED = {(-1, "all"): (5, 20, 10, 10), (-1, "base"): (3, 12, 6, 6), (-1, "new"): (2, 8, 4, 4),
             (2, "all"): (5, 10, 10, 10), (2, "base"): (3, 6, 6, 6), (2, "new"): (2, 4, 4, 4)}
 EXPECTED_IMAGENET = {**EXPECTED, (-1, "all"): (5, 30, 10, 10), (-1, "base"): (3, 18, 6, 6), (-1, "new"): (2, 12, 4, 4)}
 EXPECTED_EUROSAT = {(-1, "all"): (10, 40, 20, 20), (-1, "base"): (5, 20, 10, 10), (-1, "new"): (5, 20, 10, 10),
                     (2, "all"): (10, 20, 20, 20), (2, "base"): (5, 10, 10, 10), (2, "new"): (5, 10, 10, 10)}
-# §7.3 fallback mode, shots -1 / all: (train, val, test).
+# The same, rebuilding the split without its JSON, shots -1 / all: (train, val, test).
 FALLBACK_SIZES = {"OxfordPets": (25, 5, 10), "StanfordCars": (25, 5, 10), "SUN397": (25, 5, 10),
                   "UCF101": (25, 5, 10), "ImageNet": (30, 10, 10), "EuroSAT": (40, 20, 20)}
 
@@ -219,7 +219,7 @@ def test_variants_skip_hidden_folders_and_write_nothing(tmp_path, build, name):
 @pytest.mark.parametrize("name", ["ImageNetSketch", "ImageNetA", "ImageNetR"])
 def test_wnid_folder_variants_are_test_only(json_root, build, name):
     dataset = build(json_root, name, shots=2, subsample="new")
-    assert sizes(dataset) == (5, 10, 0, 10)  # no val set (data_and_protocol.md §1.5)
+    assert sizes(dataset) == (5, 10, 0, 10)  # test-only variants have no val set, as in the reference
     assert dataset.classnames == CLASSNAMES["ImageNet"]  # README.txt beside the folders is not a class
     assert dataset.train_x is dataset.test
 

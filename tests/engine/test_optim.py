@@ -1,4 +1,4 @@
-"""LR schedule values (common.md §9.2) and optimizer construction."""
+"""LR schedule values (docs/engine.md) and optimizer construction."""
 import math
 
 import pytest
@@ -31,7 +31,7 @@ def epoch_lrs(cfg):
 
 
 def test_constant_warmup_then_lagging_cosine_matches_reference_run():
-    # Values observed in the official CoOp run with T = 4 (spec common.md §9.2).
+    # Values observed in the official CoOp run with T = 4 (constant warm-up, then the cosine one epoch behind).
     assert epoch_lrs(optim_cfg()) == pytest.approx([1e-5, 2e-3, 1.7071e-3, 1e-3], rel=1e-4)
 
 

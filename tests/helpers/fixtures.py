@@ -1,6 +1,6 @@
 """Tiny synthetic copies of the 11 benchmark datasets and the 4 ImageNet variants.
 
-Every dataset is written in its exact on-disk format (data_and_protocol.md §7.1-7.2), so the
+Every dataset is written in its exact on-disk format (docs/data.md), so the
 real readers, few-shot sampling, base/new subsampling, transforms and loaders all run offline:
 
 - 32x32 solid-colour RGB JPEGs whose colour is a function of the label (learnable signal);
