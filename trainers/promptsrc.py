@@ -35,6 +35,7 @@ from trainers.templates import PROMPTSRC_TEMPLATES
 GPA_KEY = "gpa_parameters"
 # The official whole-model files hold a separate zero-shot tower under this prefix.
 ZERO_SHOT_TOWER = "prompt_learner.ZS_image_encoder."
+TEXTS_PER_CALL = 2048  # template texts per text-encoder call when building the zero-shot targets
 
 
 def add_promptsrc_config(cfg):
@@ -123,14 +124,16 @@ class PromptSRCModel(IVLPModel):
         # Reference behaviour: a separate CLIP converted to fp32 encodes the templates.
         encoder = copy.deepcopy(self.text_encoder).float()
         encoder.dtype = torch.float32
-        device = self.logit_scale.device
-        total = 0
+        device, n_cls = self.logit_scale.device, len(self.classnames)
+        templates_per_call = max(1, TEXTS_PER_CALL // n_cls)
+        features = []  # (templates, n_cls, embed_dim) in chunks
         with torch.autocast(device.type, enabled=False):
-            for template in templates:
-                tokens = tokenize([template.format(class_text(name)) for name in self.classnames])
+            for start in range(0, len(templates), templates_per_call):
+                group = templates[start:start + templates_per_call]
+                tokens = tokenize([t.format(class_text(name)) for t in group for name in self.classnames])
                 embeddings = self.token_embedding(tokens).float().to(device)
-                total = total + encoder(embeddings, tokens)
-        return total / len(templates)
+                features.append(encoder(embeddings, tokens).view(len(group), n_cls, -1))
+        return torch.cat(features).mean(dim=0)
 
 
 @TRAINERS.register("PromptSRC", config=add_promptsrc_config)
