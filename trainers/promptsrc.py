@@ -111,6 +111,9 @@ class PromptSRCModel(IVLPModel):
         # Kept out of the module tree (no state-dict key, stays on the CPU): only the zero-shot
         # text targets need the token table.
         object.__setattr__(self, "token_embedding", clip_model.token_embedding)
+        self.text_loss_weight = opts.TEXT_LOSS_WEIGHT
+        self.image_loss_weight = opts.IMAGE_LOSS_WEIGHT
+        self.fixed_embeddings = None  # zero-shot text targets (n_cls, embed_dim), built at the first loss
 
     def zero_shot_image_features(self, images):
         """CLIP's image features without any prompt (its own tower, frozen)."""
@@ -134,6 +137,30 @@ class PromptSRCModel(IVLPModel):
                 embeddings = self.token_embedding(tokens).float().to(device)
                 features.append(encoder(embeddings, tokens).view(len(group), n_cls, -1))
         return torch.cat(features).mean(dim=0)
+
+    def loss(self, images, labels):
+        """CE + KL(zero-shot || prompted) + text L1 + image L1, with the reference's dtypes."""
+        if self.fixed_embeddings is None:
+            self.fixed_embeddings = self.zero_shot_text_features()
+        text_features = self.encode_text()
+        image_features = self.encode_image(images)
+        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        scale = self.logit_scale.exp()
+        logits = scale * image_features @ text_features.t()
+        with torch.no_grad():
+            zs_text = self.fixed_embeddings / self.fixed_embeddings.norm(dim=-1, keepdim=True)  # fp32
+            zs_image = self.zero_shot_image_features(images)
+            zs_image = zs_image / zs_image.norm(dim=-1, keepdim=True)
+            zs_logits = scale * zs_image @ zs_text.type(zs_image.dtype).t()
+        loss_ce = F.cross_entropy(logits, labels)
+        # Reference behaviour: the text term is computed in fp32 (fp16 features minus fp32 targets).
+        loss_text = F.l1_loss(text_features.float(), zs_text, reduction="mean") * self.text_loss_weight
+        loss_image = F.l1_loss(image_features, zs_image, reduction="mean") * self.image_loss_weight
+        # KL(zero-shot || prompted), summed and divided by B·C (temperature 1).
+        loss_logits = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum",
+                               log_target=True) / logits.numel()
+        return loss_ce + (loss_logits + loss_text + loss_image)
 
 
 @TRAINERS.register("PromptSRC", config=add_promptsrc_config)
@@ -164,7 +191,6 @@ class PromptSRC(IVLP):
         self.gpa_epochs = 0         # epochs in the accumulator
         self.gpa_record = None      # the Aggregation the current weights come from (None: not aggregated)
         self.pristine_frozen = None  # CPU copy of the frozen tensors, kept before they are first changed
-        self.fixed_embeddings = None  # zero-shot text targets, computed at the first training step
         return PromptSRCModel(opts, classnames, clip_model)
 
     def build_trainer_model(self):
@@ -172,30 +198,8 @@ class PromptSRC(IVLP):
         print(f"Parameters count: {sum(1 for _, p in model.named_parameters() if p.requires_grad)}")
         return model
 
-    # -- the self-regulating losses ----------------------------------------------------
     def compute_loss(self, batch):
-        model, opts = self.model, self.cfg.TRAINER.PROMPTSRC
-        if self.fixed_embeddings is None:
-            self.fixed_embeddings = model.zero_shot_text_features()
-        text_features = model.encode_text()
-        image_features = model.encode_image(batch.images)
-        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
-        scale = model.logit_scale.exp()
-        logits = scale * image_features @ text_features.t()
-        with torch.no_grad():
-            zs_text = self.fixed_embeddings / self.fixed_embeddings.norm(dim=-1, keepdim=True)  # fp32
-            zs_image = model.zero_shot_image_features(batch.images)
-            zs_image = zs_image / zs_image.norm(dim=-1, keepdim=True)
-            zs_logits = scale * zs_image @ zs_text.type(zs_image.dtype).t()
-        loss_ce = F.cross_entropy(logits, batch.labels)
-        # Reference behaviour: the text term is computed in fp32 (fp16 features minus fp32 targets).
-        loss_text = F.l1_loss(text_features.float(), zs_text, reduction="mean") * opts.TEXT_LOSS_WEIGHT
-        loss_image = F.l1_loss(image_features, zs_image, reduction="mean") * opts.IMAGE_LOSS_WEIGHT
-        # KL(zero-shot || prompted), summed and divided by B·C (temperature 1).
-        loss_logits = F.kl_div(F.log_softmax(logits, dim=1), F.log_softmax(zs_logits, dim=1), reduction="sum",
-                               log_target=True) / logits.numel()
-        return loss_ce + (loss_logits + loss_text + loss_image), None
+        return self.model.loss(batch.images, batch.labels), None
 
     # -- Gaussian prompt aggregation ---------------------------------------------------
     def forward_backward(self, batch):

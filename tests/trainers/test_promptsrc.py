@@ -70,7 +70,7 @@ def test_template_list_puts_a_photo_of_a_first_and_keeps_60():
 
 def test_zero_shot_references_and_the_four_loss_terms_by_hand(data_root, tiny_clip_path, tiny_opts, tmp_path):
     trainer = build(data_root, tiny_clip_path, tiny_opts, tmp_path)
-    assert trainer.fixed_embeddings is None  # built at the first step only (never in --eval-only)
+    assert trainer.model.fixed_embeddings is None  # built at the first step only (never in --eval-only)
     batch = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
     loss, logits = trainer.compute_loss(batch)
     assert logits is None
@@ -82,7 +82,7 @@ def test_zero_shot_references_and_the_four_loss_terms_by_hand(data_root, tiny_cl
         texts = [t.format(n) for t in PROMPTSRC_TEMPLATES for n in names]
         per_template = reference.encode_text(tokenize(texts)).view(len(PROMPTSRC_TEMPLATES), len(names), -1)
         fixed = per_template.mean(dim=0)  # plain mean of un-normalised features
-        torch.testing.assert_close(trainer.fixed_embeddings, fixed, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(trainer.model.fixed_embeddings, fixed, rtol=1e-5, atol=1e-5)
         # the zero-shot image tower is CLIP's own tower, run without the prompts it carries
         assert torch.equal(model.zero_shot_image_features(images), reference.encode_image(images))
 
@@ -207,7 +207,7 @@ def test_our_checkpoint_reloads_the_aggregated_frozen_weights(gpa_run, data_root
     for key, value in evaluator.model.state_dict().items():
         if "token_" not in key:  # rebuilt for the new classes
             assert torch.equal(value, trained[key]), key
-    assert evaluator.fixed_embeddings is None
+    assert evaluator.model.fixed_embeddings is None
 
 
 def test_official_whole_model_checkpoint_evaluates_the_same(gpa_run, data_root, tiny_clip_path, tiny_opts, tmp_path):
