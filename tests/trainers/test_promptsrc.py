@@ -15,6 +15,7 @@ from engine.trainer import TrainerBase, build_trainer, set_random_seed
 from tests.helpers.cli import REPO, read_results, run_train
 from tests.helpers.official import make_official_style_checkpoint
 from train import build_parser
+from trainers.dpc import substituted_parameters
 from trainers.ivlp import is_ivlp_trainable
 from trainers.prompting import tokenize
 from trainers.promptsrc import GPA_KEY, ZERO_SHOT_TOWER, fold_constant, gaussian_weights
@@ -107,6 +108,17 @@ def test_zero_shot_references_and_the_four_loss_terms_by_hand(data_root, tiny_cl
     with_grad = sorted(n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0)
     assert with_grad == sorted(n for n, _ in model.named_parameters() if is_ivlp_trainable(n))
     assert len(with_grad) == 6  # ctx, VPT, and blocks 1-2 of each 3-layer tower
+
+
+def test_bf16_trains(data_root, tiny_clip_path, tiny_opts, tmp_path):
+    """The reference trains only in fp16; here the zero-shot parts follow the model's precision."""
+    trainer = build(data_root, tiny_clip_path, tiny_opts, tmp_path, "TRAINER.PROMPTSRC.PREC", "bf16")
+    batch = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
+    with trainer.precision.autocast():
+        loss, _ = trainer.compute_loss(batch)
+    loss.backward()
+    assert trainer.precision.name == "bf16" and torch.isfinite(loss)
+    assert trainer.model.prompt_learner.ctx.grad.abs().sum() > 0
 
 
 def test_gaussian_weights():
@@ -253,7 +265,6 @@ def test_dpc_new_classes_match_promptsrc_exactly(gpa_run, data_root, tiny_clip_p
     with torch.no_grad():
         expected = backbone.model(images)
         dpc.model.eval()
-        from trainers.dpc import substituted_parameters
         with substituted_parameters(dpc.model, dpc.inference_prompts()):
             assert torch.equal(dpc.model(images), expected)
     frozen = [k for k in before if not is_ivlp_trainable(k) and "token_" not in k]
