@@ -309,12 +309,16 @@ class TrainerBase:
         run continues exactly where it stopped (the official code only saves the last epoch)."""
         state = self._training_state(self.epoch)
         state["rng"] = _rng_state()
+        extra = self.extra_resume_state()
+        if extra is not None:
+            state["extra"] = extra
         atomic_torch_save(state, os.path.join(self.output_dir, self.checkpoint_name, RESUME_FILE))
 
     def resume_model_if_exist(self, directory):
         """Restore the newest of the last checkpoint and the per-epoch resume state."""
         save_dir = os.path.join(directory, self.checkpoint_name)
-        candidates = [p for p in (latest_checkpoint(save_dir), os.path.join(save_dir, RESUME_FILE))
+        # the resume state first: on a tie (a periodic checkpoint of the same epoch) it has more to restore
+        candidates = [p for p in (os.path.join(save_dir, RESUME_FILE), latest_checkpoint(save_dir))
                       if p and os.path.isfile(p)]
         if not candidates:
             return 0
@@ -347,8 +351,18 @@ class TrainerBase:
             print(f"Scheduler state not restorable (a file of the official code): stepped to epoch {state['epoch']}")
         if "rng" in state:
             _set_rng_state(state["rng"])
+        if "extra" in state:
+            self.load_extra_resume_state(state["extra"])
         print(f"Previous epoch: {state['epoch']}")
         return state["epoch"]
+
+    def extra_resume_state(self):
+        """Method state an interrupted run needs besides weights, optimizer and scheduler (e.g. a
+        running average over epochs), saved with the per-epoch resume state; None: nothing."""
+        return None
+
+    def load_extra_resume_state(self, state):
+        """Restore what `extra_resume_state` returned."""
 
     def load_model(self, directory, epoch=None):
         """Load `<dir>/<name>/model.pth.tar-<epoch>` (negative: the latest; None: model-best,

@@ -27,8 +27,10 @@ from engine.data import read_image
 from engine.io import atomic_write_json
 from engine.registry import TRAINERS
 from trainers.coop import CoOp
+from trainers.ivlp import IVLP
 from trainers.kgcoop import KgCoOp
 from trainers.maple import MaPLe
+from trainers.promptsrc import PromptSRC
 
 
 def add_dpc_config(cfg):
@@ -398,3 +400,19 @@ class DPC_KgCoOp(DPCMixin, KgCoOp):
 class DPC_MaPLe(DPCMixin, MaPLe):
     """MaPLe + DPC: the prompt is every `prompt_learner` tensor, the couplings `proj` and
     `compound_prompt_projections` included, so ω_new = 0 restores the MaPLe backbone exactly (dpc.md §11.3)."""
+
+
+@TRAINERS.register("DPC_IVLP", config=add_dpc_config)
+class DPC_IVLP(DPCMixin, IVLP):
+    """IVLP + DPC: every prompt tensor is cloned and converted on its own: the text context, the first
+    vision prompt `VPT` and each block's `VPT_shallow` in both towers (dpc.md §11.3)."""
+
+
+@TRAINERS.register("DPC_PromptSRC", config=add_dpc_config)
+class DPC_PromptSRC(DPCMixin, PromptSRC):
+    """PromptSRC + DPC: the IVLP prompt tensors as in `DPC_IVLP`; L_CL alone (ADD_BACKBONE_LOSS adds
+    PromptSRC's own loss). Stage 2 does not aggregate over epochs: P is the stage-1 (aggregated)
+    prompt, and both tests run on the frozen CLIP as the stage-1 checkpoint's aggregation left it,
+    so the new-class result at ω_new = 0 is PromptSRC's own."""
+
+    aggregates_epochs = False

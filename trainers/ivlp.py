@@ -154,12 +154,16 @@ class IVLP(TrainerBase):
     def load_checkpoint_state_dict(self, state_dict):
         """Load the trainable tensors; the frozen CLIP weights of an official whole-model file are
         compared with the configured backbone and a mismatch is reported (as for MaPLe)."""
+        self.report_frozen_mismatch({k: v for k, v in state_dict.items()
+                                     if not is_ivlp_trainable(k) and not k.startswith("prompt_learner.token_")})
+        self.load_prompt_tensors(state_dict)
+
+    def load_prompt_tensors(self, state_dict):
+        """Load the trainable tensors of `state_dict`; every one this model has must be there."""
         prompts = {k: v for k, v in state_dict.items() if is_ivlp_trainable(k)}
-        missing = [k for k in self.checkpoint_state_dict() if k not in prompts]
+        missing = [k for k, p in self.model.named_parameters() if is_ivlp_trainable(k) and k not in prompts]
         if missing:
             raise KeyError(f"The checkpoint lacks the {self.cfg.TRAINER.NAME} prompt tensors {missing[:4]}"
                            f"{' ...' if len(missing) > 4 else ''}: it was written by another method or with "
                            "other PROMPT_DEPTH_* / N_CTX_* settings")
-        self.report_frozen_mismatch({k: v for k, v in state_dict.items()
-                                     if k not in prompts and not k.startswith("prompt_learner.token_")})
-        super().load_checkpoint_state_dict(prompts)
+        TrainerBase.load_checkpoint_state_dict(self, prompts)

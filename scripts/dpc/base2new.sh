@@ -5,7 +5,8 @@
 #
 #   bash scripts/dpc/base2new.sh BACKBONE DATASET SEED [KEY VALUE ...]
 #
-#   BACKBONE   CoOp | KgCoOp | MaPLe | DPL | DGPrompt (any backbone with a DPC_<BACKBONE> trainer)
+#   BACKBONE   CoOp | KgCoOp | MaPLe | DPL | DGPrompt | IVLP | PromptSRC (any backbone with a
+#              DPC_<BACKBONE> trainer)
 #   DATASET    dataset config stem: imagenet, caltech101, oxford_pets, ... (configs/datasets/)
 #   KEY VALUE  config options for every stage (TRAINER.DPC.* only matter to stage 2); a finished
 #              stage 1 is reused whatever they are: keep variants apart with BACKBONE_CFG or TAG
@@ -13,7 +14,8 @@
 # Environment: DATA (dataset root, default data), OUTPUT (default output), SHOTS (default 16),
 # CFG (stage-2 config under configs/trainers/DPC/BACKBONE/, or a YAML path; default vit_b16_ep20),
 # TAG (appended to the stage-2 folder as CFG_TAG), BACKBONE_CFG (stage-1 config; default the DPC
-# setting for CoOp, dpc.md §7.3, and the backbone's paper config otherwise), TRAINER_MODULE,
+# setting for CoOp, dpc.md §7.3, vit_b16_c2_ep20_batch4_4+4ctx for IVLP and PromptSRC, and the
+# backbone's paper config otherwise), TRAINER_MODULE,
 # PYTHON (default python).
 #
 # Output: stage 1 as scripts/base2new.sh writes it ($OUTPUT/base2new/{train_base,test_new}/
@@ -29,7 +31,7 @@ export PYTHON=${PYTHON:-python} TRAINER_MODULE=${TRAINER_MODULE:-}
 TAG=${TAG:-} CFG=${CFG:-vit_b16_ep20}
 
 if [[ $# -lt 3 ]]; then
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 BACKBONE=$1 DATASET=$2 SEED=$3
@@ -45,6 +47,8 @@ if [[ $BACKBONE == CoOp && -z $BACKBONE_CFG ]]; then
     BACKBONE_CFG=vit_b16_bs4_ep10_lr35
     STAGE1_OPTS=(TRAINER.COOP.N_CTX 4)
     STAGE1_TAG=nctx4
+elif [[ ($BACKBONE == IVLP || $BACKBONE == PromptSRC) && -z $BACKBONE_CFG ]]; then
+    BACKBONE_CFG=vit_b16_c2_ep20_batch4_4+4ctx  # the paper's base-to-new config
 fi
 TAG=$STAGE1_TAG bash "$REPO/scripts/base2new.sh" "$BACKBONE" "$DATASET" "$SEED" ${BACKBONE_CFG:+"$BACKBONE_CFG"} \
     "${STAGE1_OPTS[@]}" "${EXTRA[@]}"
@@ -53,10 +57,11 @@ STAGE1_DIR=$(eval "$stage1" && echo "$TRAIN_DIR")
 
 # Stages 2 and 3: DPC_<BACKBONE>, with P re-read from stage 1's latest checkpoint each time.
 TRAINER=DPC_$BACKBONE
-eval "$(TAG=$TAG "$PYTHON" "$REPO/scripts/methods.py" resolve "$TRAINER" "$DATASET" "$SEED" "$CFG")"
-if [[ -z $CONFIG_FILE ]]; then
-    CONFIG_FILE=$REPO/configs/trainers/DPC/$BACKBONE/$CFG.yaml
+if [[ $CFG != *.yaml && $CFG != *.yml && $CFG != */* ]]; then
+    CFG=$REPO/configs/trainers/DPC/$BACKBONE/$CFG.yaml  # same run folder; also for trainers scripts/methods.py lacks
 fi
+resolved=$(TAG=$TAG "$PYTHON" "$REPO/scripts/methods.py" resolve "$TRAINER" "$DATASET" "$SEED" "$CFG")
+eval "$resolved"
 if [[ ! -f $CONFIG_FILE ]]; then
     echo "dpc/base2new.sh: stage-2 config not found: $CONFIG_FILE" >&2
     exit 2

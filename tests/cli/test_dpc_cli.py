@@ -14,11 +14,13 @@ from tests.helpers.official import make_official_style_checkpoint
 
 
 # Stage-1 config and the options that keep the prompt shapes equal in every stage (the tiny CLIP
-# has 3 layers, so MaPLe runs with depth 2).
+# has 3 layers, so MaPLe runs with depth 2; IVLP and PromptSRC's depth 9 acts as 3).
 BACKBONES = {
     "CoOp": ("CoOp/vit_b16_bs4_ep10_lr35.yaml", ["TRAINER.COOP.N_CTX", "4"], "prompt_learner"),
     "KgCoOp": ("KgCoOp/vit_b16_ep100_ctxv1.yaml", [], "prompt_learner"),
     "MaPLe": ("MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", ["TRAINER.MAPLE.PROMPT_DEPTH", "2"], "MultiModalPromptLearner"),
+    "IVLP": ("IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml", [], "VLPromptLearner"),
+    "PromptSRC": ("PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml", ["TRAINER.PROMPTSRC.GPA_MEAN", "1"], "VLPromptLearner"),
 }
 
 
@@ -75,6 +77,23 @@ def test_stage2_checkpoint_has_the_backbones_folder_and_keys(pipelines, backbone
     stage2 = load_checkpoint(os.path.join(dirs["base"], folder, "model.pth.tar-2"))["state_dict"]
     assert list(stage2) == list(stage1)
     assert any(not torch.equal(stage2[k], stage1[k]) for k in stage1 if "token_" not in k)  # θ was trained
+
+
+@pytest.mark.parametrize("backbone", ["IVLP", "PromptSRC"])
+def test_dpc_raises_the_base_accuracy_of_an_imperfect_deep_backbone(data_root, tiny_clip_path, tiny_opts, tmp_path,
+                                                                      backbone):
+    """Stage 1 trained for one epoch is at chance on the base classes; five DPC epochs lift it.
+    (On the random tiny CLIP, deep text prompts trained with this step size blow up and make every
+    class text alike, for the backbones themselves too: the text prompt is the first layer's here;
+    the vision prompts stay deep.)"""
+    config, _, _ = BACKBONES[backbone]
+    opts = [f"TRAINER.{backbone.upper()}.PROMPT_DEPTH_TEXT", "1", "DATASET.NUM_SHOTS", "4",
+            "DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.PROMPTSRC.GPA_MEAN", "1"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    run_train(data_root, tiny_clip_path, tiny_opts, backbone, config, stage1, opts=[*opts, "OPTIM.MAX_EPOCH", "1"])
+    run_train(data_root, tiny_clip_path, tiny_opts, f"DPC_{backbone}", f"DPC/{backbone}/vit_b16_ep20.yaml", stage2,
+              opts=[*opts, "OPTIM.MAX_EPOCH", "5", "OPTIM.LR", "0.02", "TRAINER.DPC.BACKBONE_DIR", str(stage1)])
+    assert read_results(stage2)["accuracy"] > read_results(stage1)["accuracy"]
 
 
 def test_official_coop_dpc_checkpoint_evaluates_to_the_same_accuracies(pipelines, data_root, tiny_clip_path,

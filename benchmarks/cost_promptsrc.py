@@ -1,0 +1,164 @@
+"""Training-step and evaluation cost of IVLP and PromptSRC relative to MaPLe.
+
+Prints, from one run on the same CLIP, data and device (paper settings: prompt depth 9 where the
+backbone has the layers, 4+4 context tokens for IVLP/PromptSRC, 2 for MaPLe, batch 4 for
+training, 100 for testing):
+  <method> / MaPLe   seconds per training step (forward, loss, backward, SGD step on the base
+                     classes) and per full evaluation (text features computed once per
+                     evaluation, as the trainer does), divided by MaPLe's.
+PromptSRC's step includes its zero-shot image forward and the four loss terms; its zero-shot text
+targets (60 templates per class) are built once, before timing, and reported separately, as is the
+once-per-run cost of Gaussian prompt aggregation (per-epoch accumulation and the final fold of the
+frozen weights). Evaluation is the same model for IVLP and PromptSRC.
+The backbone is a randomly initialised CLIP (timings do not depend on the weight values):
+ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbone` takes a real one.
+
+    python benchmarks/cost_promptsrc.py [--tiny] [--base-classes 50] [--classes 50] [--images 500]
+"""
+import argparse
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+# common first: it puts the repository root on sys.path
+from common import add_backbone_args, backbone_label, random_batches, setup_backbone, synchronize, time_eval  # noqa: I001
+import trainers  # noqa: F401,E402  (registers every config hook)
+from engine.config import build_cfg
+from trainers.deep_prompting import tower_sizes
+from trainers.ivlp import IVLPModel, is_ivlp_trainable
+from trainers.maple import MaPLeModel
+from trainers.promptsrc import PromptSRCModel, add_weighted, fold_constant, gaussian_weights
+
+
+def promptsrc_opts(depth):
+    """PromptSRC's defaults (4+4 tokens; IVLP's paper config uses the same) at the given depth."""
+    opts = build_cfg().TRAINER.PROMPTSRC
+    opts.PROMPT_DEPTH_TEXT = opts.PROMPT_DEPTH_VISION = depth
+    return opts
+
+
+def build(name, clip_model, classnames, depth, device):
+    """(model, loss(images, labels)) for one method at its paper settings (depth capped by the backbone).
+
+    IVLP and PromptSRC attach their deep prompts to CLIP's blocks, so each gets its own CLIP copy."""
+    if name == "MaPLe":
+        cfg = build_cfg()
+        cfg.TRAINER.MAPLE.PROMPT_DEPTH = depth
+        model = MaPLeModel(cfg, classnames, clip_model)
+        trainable = lambda n: n.startswith("prompt_learner.")  # noqa: E731
+    else:
+        model_cls = PromptSRCModel if name == "PromptSRC" else IVLPModel
+        model = model_cls(promptsrc_opts(depth), classnames, copy.deepcopy(clip_model))
+        trainable = is_ivlp_trainable
+    for param_name, param in model.named_parameters():
+        param.requires_grad_(trainable(param_name))
+    model = model.to(device)
+    if name == "PromptSRC":
+        return model, model.loss
+    return model, lambda images, labels: F.cross_entropy(model(images).float(), labels)
+
+
+def time_train(model, loss_fn, batches, device, precision):
+    """Seconds per training step (after two warm-up steps)."""
+    model.train()
+    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+    def step(images, labels):
+        with precision.autocast():
+            loss = loss_fn(images, labels)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    for images, labels in batches[:2]:
+        step(images, labels)
+    synchronize(device)
+    start = time.perf_counter()
+    for images, labels in batches:
+        step(images, labels)
+    synchronize(device)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def time_test(model, batches, device, precision):
+    """Seconds for one evaluation pass, text features computed once."""
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        start = time.perf_counter()
+        text = model.encode_text()
+        return time.perf_counter() - start + time_eval(lambda x: model(x, text_features=text), batches, device)
+
+
+def time_once(fn, device):
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_aggregation(model, device, epochs=20):
+    """Seconds GPA adds to a whole run: one accumulation per epoch plus the final fold of the frozen tensors."""
+    weights = gaussian_weights(15, 1, epochs)
+    prompts = {k: p.detach() for k, p in model.named_parameters() if is_ivlp_trainable(k)}
+    frozen = {k: v for k, v in model.state_dict().items() if v.is_floating_point() and not is_ivlp_trainable(k)}
+
+    def run():
+        accumulator = {}
+        for weight in weights:
+            add_weighted(accumulator, prompts, weight)
+        for value in frozen.values():
+            fold_constant(value, weights)
+
+    return time_once(run, device)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_backbone_args(parser)
+    parser.add_argument("--base-classes", type=int, default=50, help="classes seen in training")
+    parser.add_argument("--classes", type=int, default=50, help="classes at evaluation")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps (batch 4)")
+    parser.add_argument("--images", type=int, default=500, help="evaluation images (batch 100)")
+    args = parser.parse_args(argv)
+
+    device, precision, clip_model = setup_backbone(args)
+    sizes = tower_sizes(clip_model)
+    depth = min(9, sizes.text_layers, sizes.vision_layers)
+    size = clip_model.visual.input_resolution
+    torch.manual_seed(0)
+    train_batches = [(torch.randn(4, 3, size, size, device=device),
+                      torch.randint(args.base_classes, (4,), device=device)) for _ in range(args.steps)]
+    test_batches = random_batches(clip_model, args.images, 100, device)
+    base = [f"class {i}" for i in range(args.base_classes)]
+    new = [f"other class {i}" for i in range(args.classes)]
+
+    print(f"device {device}, precision {precision.name}, depth {depth}, {args.base_classes} training classes "
+          f"(batch 4, {args.steps} steps), {args.classes} test classes ({args.images} images, batch 100), backbone "
+          f"{backbone_label(args)}")
+    names = ["MaPLe", "IVLP", "PromptSRC"]
+    timings = {}
+    for name in names:
+        model, loss_fn = build(name, clip_model, base, depth, device)
+        if name == "PromptSRC":
+            targets = time_once(lambda: setattr(model, "fixed_embeddings", model.zero_shot_text_features()), device)
+            gpa = time_aggregation(model, device)
+        train_time = time_train(model, loss_fn, train_batches, device, precision)
+        del model
+        model, _ = build(name, clip_model, new, depth, device)
+        timings[name] = train_time, time_test(model, test_batches, device, precision)
+        del model
+        print(f"  {name:>9}: {1000 * train_time:8.1f} ms / train step   {timings[name][1]:8.3f} s / evaluation",
+              flush=True)
+    maple_train, maple_test = timings["MaPLe"]
+    for name in names[1:]:
+        train_time, test_time = timings[name]
+        print(f"{name} / MaPLe: train step {train_time / maple_train:.2f}x, evaluation {test_time / maple_test:.2f}x")
+    print(f"PromptSRC once per run: zero-shot text targets ({args.base_classes} classes x 60 templates) "
+          f"{targets:.3f} s; GPA over 20 epochs {gpa:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
