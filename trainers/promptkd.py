@@ -361,9 +361,12 @@ class PromptKD(TrainerBase):
         return {k: v for k, v in self.model.state_dict().items() if is_student_state(k)}
 
     def load_checkpoint_state_dict(self, state_dict):
+        self.load_student_state(state_dict)
+
+    def load_student_state(self, state_dict):
         """Load the student's tensors; an official whole-student file's frozen ViT is compared with the
         configured backbone and a mismatch is reported."""
-        ours = self.checkpoint_state_dict()
+        ours = {k for k in self.model.state_dict() if is_student_state(k)}
         student = {k: v for k, v in state_dict.items() if k in ours}
         missing = [k for k in ours if k not in student]
         if missing:
@@ -372,7 +375,11 @@ class PromptKD(TrainerBase):
                            "PROMPT_DEPTH_VISION / N_CTX_VISION settings")
         self.report_frozen_mismatch({k: v for k, v in state_dict.items()
                                      if k not in ours and k.startswith(("image_encoder.", "logit_scale"))})
-        super().load_checkpoint_state_dict(student)
+        try:
+            self.model.load_state_dict(student, strict=False)
+        except RuntimeError as err:
+            raise RuntimeError(f"The checkpoint does not fit this student ({err}): the student CLIP "
+                               "(MODEL.BACKBONE.NAME) and the teacher must be the ones it was trained with") from err
 
 
 def is_student_state(name):
