@@ -142,7 +142,8 @@ def negatives_for_anchor(ranking, label, used, num_classes, strict_cap=False, fa
     used.extend(negatives)
     if len(negatives) < 2 and fallback == "reference":
         # Reference behaviour: C − 2 draws at most, from randint(1, C − 2) (classes 0 and C − 1
-        # never come up); the draw after the second acceptance is made and discarded (§4 step 2.4).
+        # never come up; the PromptKD variant: C − 1 draws from randint(1, C − 1)); the draw after
+        # the second acceptance is made and discarded (§4 step 2.4).
         top = num_classes - 2 if fallback_skips_last else num_classes - 1
         for _ in range(top):
             c = random.randint(1, top)

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 def test_base_to_new_round_trip_for_promptkd_and_dpc_promptkd(data_root, promptkd_clips, promptkd_teacher, tiny_opts,
                                                               tmp_path):
     student, teacher = promptkd_clips
-    opts = [*tiny_opts, "OPTIM.MAX_EPOCH", "1", "MODEL.BACKBONE.NAME", student, "TRAINER.PROMPTKD.TEACHER_NAME", teacher,
-            "TRAINER.PROMPTKD.TEACHER_CKPT", promptkd_teacher]
+    opts = [*tiny_opts, "OPTIM.MAX_EPOCH", "1", "MODEL.BACKBONE.NAME", student,
+            "TRAINER.PROMPTKD.TEACHER_NAME", teacher, "TRAINER.PROMPTKD.TEACHER_CKPT", promptkd_teacher]
     env = {**os.environ, "DATA": data_root, "OUTPUT": str(tmp_path), "PYTHON": sys.executable}
     stage1_config = os.path.join(REPO, "configs", "trainers", "PromptKD", "vit_b16_c2_ep20_batch32_4+4ctx.yaml")
     subprocess.run(["bash", os.path.join(REPO, "scripts", "base2new.sh"), "PromptKD", "caltech101", "1", stage1_config,

@@ -216,3 +216,20 @@ def test_dpc_new_classes_are_exactly_promptkd_and_base_rises(make_dpc, build, kd
     (dpc_logits, dpc_acc), (kd_logits, kd_acc) = evaluated_logits(new_dpc), evaluated_logits(new_kd)
     torch.testing.assert_close(dpc_logits, kd_logits, rtol=1e-6, atol=1e-6)
     assert dpc_acc == kd_acc
+
+
+def test_dpc_weights_only_the_text_context_and_its_fallback_reaches_the_last_class(make_dpc, tmp_path):
+    import random
+
+    from trainers.dpc import negatives_for_anchor
+
+    dpc = make_dpc(tmp_path)
+    prompts = dpc.parallel_prompts()
+    for name, q in prompts.items():  # the converse Q of the context carries θ's gradient × 1/ω_b; the rest is θ
+        assert (q is dpc.model.get_parameter(name)) == (name != "teacher.prompt_learner.ctx")
+    q = prompts["teacher.prompt_learner.ctx"]
+    (grad,) = torch.autograd.grad(q.sum(), dpc.model.get_parameter("teacher.prompt_learner.ctx"))
+    torch.testing.assert_close(grad, torch.full_like(grad, 1 / 0.2))
+    random.seed(0)
+    drawn = {c for _ in range(200) for c in negatives_for_anchor([0], 0, [0], 5, fallback_skips_last=False)}
+    assert drawn == {1, 2, 3, 4}  # the released PromptKD variant: randint(1, C - 1)
