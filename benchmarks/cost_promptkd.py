@@ -149,12 +149,12 @@ def main(argv=None):
     maple_train = time_train(maple, lambda x, y: F.cross_entropy(maple(x).float(), y), batches(4), device, precision)
     maple_test = time_test(maple, test_batches, device, precision)
     del maple
+    print(f"  MaPLe: {1000 * maple_train:9.1f} ms / train step (batch 4)   {maple_test:8.3f} s / evaluation", flush=True)
     promptkd = build_promptkd(clip_model, teacher_clip, classnames, device)
     kd_batches = batches(8)
     cached = time_train(promptkd, promptkd_loss(promptkd, cached=True), kd_batches, device, precision)
     recomputed = time_train(promptkd, promptkd_loss(promptkd, cached=False), kd_batches, device, precision)
     kd_test = time_test(promptkd, test_batches, device, precision)
-    print(f"  MaPLe: {1000 * maple_train:9.1f} ms / train step (batch 4)   {maple_test:8.3f} s / evaluation")
     print(f"  PromptKD: {1000 * cached:9.1f} ms / train step (batch 8, cached teacher text), "
           f"{1000 * recomputed:9.1f} ms recomputed   {kd_test:8.3f} s / evaluation")
     print(f"PromptKD / MaPLe: train step {cached / maple_train:.2f}x, per training image "
