@@ -23,7 +23,7 @@ from engine.registry import DATASETS
 __all__ = [
     "DATASETS", "Datum", "DatasetError", "DatasetBase", "DataManager", "build_dataset",
     "read_split", "save_split", "split_trainval", "read_and_split_data", "listdir_nohidden",
-    "generate_fewshot_dataset", "subsample_classes", "build_transform", "read_image",
+    "generate_fewshot_dataset", "subsample_classes", "subsample_splits", "build_transform", "read_image",
 ]
 
 
@@ -208,6 +208,15 @@ def subsample_classes(*args, subsample="all"):
     return output
 
 
+def subsample_splits(cfg, train, val, test):
+    """The standard protocol: every split keeps the `DATASET.SUBSAMPLE_CLASSES` half, relabelled.
+
+    A trainer with another protocol (e.g. PromptKD's unlabelled all-class training) passes its own
+    function with this signature to `DataManager`; it gets the lists after few-shot sampling.
+    """
+    return subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+
+
 def _relabel(item, label):
     new = object.__new__(Datum)
     new.impath, new.label, new.domain, new.classname = item.impath, label, item.domain, item.classname
@@ -279,7 +288,7 @@ class DatasetBase:
     fewshot_val = True       # False: val is the test set and is never sampled (ImageNet)
     test_only = False        # ImageNet variants: every image is both train_x and test
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, split_protocol=subsample_splits):
         root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
         self.dataset_root = os.path.join(root, self.dataset_dir)
         self.image_root = os.path.join(self.dataset_root, self.image_dir) if self.image_dir else self.dataset_root
@@ -302,7 +311,7 @@ class DatasetBase:
                 train, val = self.load_or_sample_fewshot(train, val, num_shots, cfg.SEED)
             if not self.fewshot_val:
                 val = test
-            train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+            train, val, test = split_protocol(cfg, train, val, test)
 
         self.train_x, self.val, self.test = train, val, test
         self.num_classes = max(item.label for item in train) + 1
@@ -379,8 +388,8 @@ class DatasetBase:
         return [[os.path.relpath(item.impath, self.image_root), item.label, item.classname] for item in items]
 
 
-def build_dataset(cfg):
-    return DATASETS.get(cfg.DATASET.NAME)(cfg)
+def build_dataset(cfg, split_protocol=subsample_splits):
+    return DATASETS.get(cfg.DATASET.NAME)(cfg, split_protocol)
 
 
 # ----------------------------------------------------------------------------------
@@ -494,8 +503,8 @@ def build_data_loader(cfg, data_source, batch_size, transform, is_train, use_cud
 class DataManager:
     """Builds the dataset and its train_x / val / test loaders (nothing drawn from any RNG)."""
 
-    def __init__(self, cfg, use_cuda=False):
-        self.dataset = build_dataset(cfg)
+    def __init__(self, cfg, use_cuda=False, split_protocol=subsample_splits):
+        self.dataset = build_dataset(cfg, split_protocol)
         self.tfm_train = build_transform(cfg, is_train=True)
         self.tfm_test = build_transform(cfg, is_train=False)
         self.train_loader_x = build_data_loader(

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from engine.checkpoint import (CHECKPOINT_PREFIX, checkpoint_epochs, latest_checkpoint, load_checkpoint,
                                save_checkpoint)
 from engine.clip_loading import load_clip_to_cpu
-from engine.data import DataManager
+from engine.data import DataManager, subsample_splits
 from engine.evaluator import Classification
 from engine.io import atomic_torch_save, atomic_write_json
 from engine.optim import build_lr_scheduler, build_optimizer
@@ -85,11 +85,17 @@ class TrainerBase:
         config_node: the `TRAINER.<NODE>` holding the method's keys (its `PREC` is used).
         checkpoint_name: checkpoint folder name, as in the official code.
         trainable: name prefixes (in `self.model.named_parameters()`) that stay trainable.
+        split_protocol: `(cfg, train, val, test) -> (train_x, val, test)` after few-shot sampling
+            (default: the SUBSAMPLE_CLASSES half of each); PromptKD trains on every class.
+        selects_on_test: the method's val split is test data, so a `best_val` checkpoint was
+            selected on a test set; results.json says so.
     """
 
     config_node = "COOP"
     checkpoint_name = "prompt_learner"
     trainable = ("prompt_learner",)
+    split_protocol = staticmethod(subsample_splits)
+    selects_on_test = False
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -102,7 +108,7 @@ class TrainerBase:
         self.precision = resolve_precision(self.prec, self.device)
         self.scaler = self.precision.grad_scaler()
 
-        self.dm = DataManager(cfg, use_cuda=self.device.type == "cuda")
+        self.dm = DataManager(cfg, use_cuda=self.device.type == "cuda", split_protocol=self.split_protocol)
         self.train_loader_x = self.dm.train_loader_x
         self.val_loader = self.dm.val_loader
         self.test_loader = self.dm.test_loader
@@ -384,6 +390,7 @@ class TrainerBase:
         print(f'Loading weights to {self.checkpoint_name} from "{path}" (epoch = {checkpoint.get("epoch")})')
         self.load_checkpoint_state_dict(checkpoint["state_dict"])
         self.loaded_epoch = checkpoint.get("epoch")
+        self.loaded_best = checkpoint.get("val_result") is not None  # a `best_val` selection
 
     # ------------------------------------------------------------------------------
     # Evaluation
@@ -417,6 +424,12 @@ class TrainerBase:
             return encode_text()
         return None
 
+    def selection_record(self):
+        """For a `best_val` checkpoint: the epoch selected and whether val was test data."""
+        if not getattr(self, "loaded_best", False):
+            return {}
+        return {"selected_epoch": self.loaded_epoch, "selected_on_test": self.selects_on_test}
+
     def write_results(self, split, results):
         cfg = self.cfg
         record = {
@@ -425,6 +438,7 @@ class TrainerBase:
             "seed": cfg.SEED, "backbone": cfg.MODEL.BACKBONE.NAME, "split": split,
             "epoch": getattr(self, "loaded_epoch", None),
             "num_classes": self.num_classes,
+            **self.selection_record(),
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()},
             "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         }

@@ -13,8 +13,10 @@
 # Environment: DATA (dataset root, default data), OUTPUT (default output), SHOTS (default 16),
 # TAG (appended to the config folder as CFG_TAG, to keep a variant's runs apart),
 # TRAINER_MODULE (out-of-tree trainer file(s) or module(s), comma-separated), LOADEP (checkpoint
-# epoch to test, default the latest), PHASE (both, train or test; default both), PYTHON (default
-# python).
+# epoch to test; default model-best.pth.tar when the run selected one with TEST.FINAL_MODEL best_val,
+# else the latest), PHASE (both, train or test; default both), PYTHON (default python).
+# PromptKD trains on the unlabelled train split of every class: run it with SHOTS=0 (the official
+# shots_0 layout); its train phase reports the base classes, the test phase the new ones.
 #
 # Output: $OUTPUT/base2new/{train_base,test_new}/DATASET/shots_$SHOTS/METHOD/CFG/seed$SEED.
 # A phase is done when its results.json exists: done phases are skipped; an interrupted one runs
@@ -109,5 +111,5 @@ elif [[ $EVAL_ONLY == 1 ]]; then
         "${OPTS[@]}" DATASET.SUBSAMPLE_CLASSES new
 else
     "$PYTHON" "$REPO/train.py" "${COMMON[@]}" --output-dir "$TEST_DIR" --eval-only \
-        --model-dir "$TRAIN_DIR" --load-epoch "${LOADEP:--1}" "${OPTS[@]}" DATASET.SUBSAMPLE_CLASSES new
+        --model-dir "$TRAIN_DIR" ${LOADEP:+--load-epoch "$LOADEP"} "${OPTS[@]}" DATASET.SUBSAMPLE_CLASSES new
 fi

@@ -43,3 +43,30 @@ def make_data_root(tmp_path_factory, *names, split_json=True):
 def data_root(tmp_path_factory):
     """Caltech101 and EuroSAT fixtures (JSON splits), shared by CLI tests."""
     return make_data_root(tmp_path_factory, "Caltech101", "EuroSAT")
+
+
+# PromptKD: a student CLIP (embed 512) and a wider teacher CLIP (embed 768), both 32 px, and a teacher
+# checkpoint trained by our own trainer on the Caltech101 fixture's base classes.
+TEACHER_TRAINER = "PromptSRC"  # as the official teachers: PromptSRC with the ViT-L/14 teacher config
+TEACHER_CONFIG = "PromptSRC/vit_l14_c2_ep20_batch8_4+4ctx.yaml"
+
+
+@pytest.fixture(scope="session")
+def promptkd_clips(tmp_path_factory):
+    """(student path, teacher path)."""
+    folder = tmp_path_factory.mktemp("promptkd_clips")
+    student = make_tiny_clip(folder / "student.pt", embed_dim=512)
+    teacher = make_tiny_clip(folder / "teacher.pt", seed=1, embed_dim=768, vision_width=192, transformer_width=192,
+                             transformer_heads=3)
+    return student, teacher
+
+
+@pytest.fixture(scope="session")
+def promptkd_teacher(data_root, promptkd_clips, tmp_path_factory):
+    """Run directory of a teacher trained with TEACHER_TRAINER (holds VLPromptLearner/model.pth.tar-1)."""
+    from tests.helpers.cli import run_train
+
+    out = tmp_path_factory.mktemp("promptkd_teacher")
+    run_train(data_root, promptkd_clips[1], list(TINY_OPTS), TEACHER_TRAINER, TEACHER_CONFIG, out,
+              opts=["OPTIM.MAX_EPOCH", "1", "DATASET.SUBSAMPLE_CLASSES", "base"])
+    return str(out)

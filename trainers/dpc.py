@@ -13,6 +13,7 @@ Written once as `DPCMixin`; `class DPC_CoOp(DPCMixin, CoOp)` applies it to a bac
 calls DPC "SPLE"; its `SPLE.*` keys are accepted. Spec: methods/dpc.md. Deviations: README.
 """
 import contextlib
+import copy
 import json
 import os
 import random
@@ -23,13 +24,14 @@ from yacs.config import CfgNode as CN
 
 from engine.checkpoint import CHECKPOINT_PREFIX, checkpoint_epochs, load_checkpoint
 from engine.config import add_key_aliases
-from engine.data import read_image
+from engine.data import read_image, subsample_splits
 from engine.io import atomic_write_json
 from engine.registry import TRAINERS
 from trainers.coop import CoOp
 from trainers.ivlp import IVLP
 from trainers.kgcoop import KgCoOp
 from trainers.maple import MaPLe
+from trainers.promptkd import TEACHER, PromptKD, is_student_state, normalize
 from trainers.promptsrc import PromptSRC
 
 
@@ -50,6 +52,7 @@ def add_dpc_config(cfg):
     cfg.TRAINER.DPC.PIC_LIB = ""                   # an official SPLE_<DATASET>.json; overrides LIBRARY_SOURCE
     cfg.TRAINER.DPC.WRITE_PIC_LIB = ""             # folder to write the library to as SPLE_<DATASET>.json
     cfg.TRAINER.DPC.ADD_BACKBONE_LOSS = False      # add the backbone's own training loss on the batch to L_CL
+    cfg.TRAINER.DPC.CLONE_DEEP_PROMPTS = False     # DPC_PromptKD: clone the deep prompts (released: fresh random)
 
 
 def _converse_only(value):
@@ -120,11 +123,14 @@ def read_picture_library(path, image_root):
 # Dynamic hard negatives (dpc.md §4)
 # ----------------------------------------------------------------------------------
 
-def negatives_for_anchor(ranking, label, used, num_classes, strict_cap=False, fallback="reference"):
+def negatives_for_anchor(ranking, label, used, num_classes, strict_cap=False, fallback="reference",
+                         fallback_skips_last=True):
     """Negative classes of one anchor; accepted classes are appended to `used` (spec §4 step 2).
 
     ranking: the anchor's top-K classes under P, most similar first.
     used: the batch's ground-truth labels plus every negative accepted so far (non-repeat rule).
+    fallback_skips_last: the reference fallback draws from 1..C − 2 in C − 2 tries (CoOp); False:
+        from 1..C − 1 in C − 1 tries (the released PromptKD variant).
     Draws from Python's `random` only in the fallback.
     """
     k = len(ranking)
@@ -138,9 +144,11 @@ def negatives_for_anchor(ranking, label, used, num_classes, strict_cap=False, fa
     used.extend(negatives)
     if len(negatives) < 2 and fallback == "reference":
         # Reference behaviour: C − 2 draws at most, from randint(1, C − 2) (classes 0 and C − 1
-        # never come up); the draw after the second acceptance is made and discarded (§4 step 2.4).
-        for _ in range(num_classes - 2):
-            c = random.randint(1, num_classes - 2)
+        # never come up; the PromptKD variant: C − 1 draws from randint(1, C − 1)); the draw after
+        # the second acceptance is made and discarded (§4 step 2.4).
+        top = num_classes - 2 if fallback_skips_last else num_classes - 1
+        for _ in range(top):
+            c = random.randint(1, top)
             if len(negatives) == 2:
                 break
             if c not in used:
@@ -158,7 +166,7 @@ class HardNegativeSampler:
     """Builds DPC's enlarged batch: each anchor followed by one library image per negative class."""
 
     def __init__(self, library, classnames, transform, topk, strict_cap=False, fallback="reference",
-                 dedup_anchors=False, non_repeat=True):
+                 dedup_anchors=False, non_repeat=True, fallback_skips_last=True):
         missing = [name for name in classnames if not library.get(name)]
         if missing:
             raise ValueError(f"The picture library has no images for base classes {missing}")
@@ -169,6 +177,7 @@ class HardNegativeSampler:
         self.fallback = fallback
         self.dedup_anchors = dedup_anchors
         self.non_repeat = non_repeat
+        self.fallback_skips_last = fallback_skips_last
         self.warned_empty_first = False
 
     def __call__(self, images, labels, probs):
@@ -188,7 +197,7 @@ class HardNegativeSampler:
             # non-repeat: one `used` list for the whole batch; without it, each anchor only avoids its own class
             used = batch_used if self.non_repeat else [labels_list[b]]
             negatives = negatives_for_anchor(ranking[b], labels_list[b], used, len(self.paths),
-                                             self.strict_cap, self.fallback)
+                                             self.strict_cap, self.fallback, self.fallback_skips_last)
             if not negatives and b == anchors[0] and not self.warned_empty_first:
                 print("Note: a batch's first anchor got no negatives (the reference crashes here); continuing")
                 self.warned_empty_first = True
@@ -241,6 +250,21 @@ class DPCMixin:
     `encode_image(images)` (as `PromptedCLIP` does).
     """
 
+    fallback_skips_last = True  # the reference fallback's class range (see `negatives_for_anchor`)
+
+    def is_dpc_prompt(self, name):
+        """Which trainable parameters are θ (cloned from P, weighted); the rest train unweighted."""
+        return True
+
+    def negative_transform(self):
+        """The transform of the library images added as negatives (the reference: the train one)."""
+        return self.dm.tfm_train
+
+    def evaluates_base_classes(self):
+        """Base-class runs (`SUBSAMPLE base`; `all` on ImageNet, as the reference) get the base prompt."""
+        subsample = self.cfg.DATASET.SUBSAMPLE_CLASSES
+        return subsample == "base" or (subsample == "all" and self.cfg.DATASET.NAME == "ImageNet")
+
     def __init__(self, cfg):
         self.dpc_cfg = opts = cfg.TRAINER.DPC
         for key, choices in _CHOICES.items():
@@ -251,7 +275,8 @@ class DPCMixin:
         if not opts.BACKBONE_DIR:
             raise ValueError("TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) must name the stage-1 run directory")
         super().__init__(cfg)
-        self.prompt_names = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        self.prompt_names = [name for name, p in self.model.named_parameters()
+                             if p.requires_grad and self.is_dpc_prompt(name)]
         self.pretuned = self.load_pretuned_prompts()
         self.query_text_features = None
         print(f"DPC: ω_base {opts.WEIGHT_BASE}, ω_new {opts.WEIGHT_NEW}, base prompt {opts.BASE_PROMPT}, "
@@ -321,13 +346,11 @@ class DPCMixin:
         which is P exactly at ω_n = 0. With `released`, Q is taken as θ itself: the conversion is
         the identity up to rounding, which evaluation skips.
         """
-        cfg = self.cfg
         if self.dpc_cfg.PARAMETERIZATION == "released":
             trained = {name: self.model.get_parameter(name).detach() for name in self.prompt_names}
         else:
             trained = self.parallel_prompts()
-        subsample = cfg.DATASET.SUBSAMPLE_CLASSES
-        if subsample == "base" or (subsample == "all" and cfg.DATASET.NAME == "ImageNet"):
+        if self.evaluates_base_classes():
             if self.dpc_cfg.BASE_PROMPT == "trained":
                 return trained
             weight = self.dpc_cfg.WEIGHT_BASE
@@ -355,8 +378,9 @@ class DPCMixin:
         if topk < opts.TOPK:
             # The reference crashes in `topk` here (dpc.md §12 #8, e.g. EuroSAT's 5 base classes).
             print(f"TRAINER.DPC.TOPK {opts.TOPK} > {self.num_classes} classes: using top-{topk}")
-        self.sampler = HardNegativeSampler(library, self.classnames, self.dm.tfm_train, topk,
-                                           opts.STRICT_CAP, opts.FALLBACK, opts.DEDUP_ANCHORS, opts.NON_REPEAT)
+        self.sampler = HardNegativeSampler(library, self.classnames, self.negative_transform(), topk,
+                                           opts.STRICT_CAP, opts.FALLBACK, opts.DEDUP_ANCHORS, opts.NON_REPEAT,
+                                           self.fallback_skips_last)
         n_images = sum(len(paths) for paths in self.sampler.paths)
         print(f"Picture library ({source}): {n_images} images of {len(self.sampler.paths)} base classes; "
               f"top-{topk} hard negatives")
@@ -416,3 +440,169 @@ class DPC_PromptSRC(DPCMixin, PromptSRC):
     so the new-class result at ω_new = 0 is PromptSRC's own."""
 
     aggregates_epochs = False
+
+
+# ----------------------------------------------------------------------------------
+# DPC on PromptKD: the only deep-prompt variant with released code
+# ----------------------------------------------------------------------------------
+
+TEXT_CTX = TEACHER + "prompt_learner.ctx"      # θ's layer-0 text context (the teacher's, converse-weighted)
+TEXT_ENCODER = TEACHER + "text_encoder."       # the text deep prompts live on the teacher's text blocks
+# Official checkpoint names of the text side: the DPC model holds it under `prompt_learner`.
+OFFICIAL_TEXT_NAMES = ((TEXT_CTX, "prompt_learner.ctx"), (TEXT_ENCODER, "prompt_learner.text_encoder."))
+
+
+def validation_on_test_splits(cfg, train, val, test):
+    """The standard SUBSAMPLE_CLASSES halves, with val := test (DPC's readers for PromptKD)."""
+    train, _, test = subsample_splits(cfg, train, val, test)
+    return train, test, test
+
+
+@TRAINERS.register("DPC_PromptKD", aliases=("StackSPLE_PromptKD",), config=add_dpc_config)
+class DPC_PromptKD(DPCMixin, PromptKD):
+    """PromptKD + DPC (the official `StackSPLE_PromptKD`), with the released structure.
+
+    The base classes get a text side: the teacher's ViT-L text tower with θ = its layer-0 context
+    (converse-weighted like CoOp's) and its deep text prompts, plus the student's vision prompts; the
+    projector trains too, unweighted. L_CL compares the projected student features of the enlarged
+    batch with these text features, at the student's logit scale. Hard negatives are ranked by the
+    frozen teacher. New classes get exactly PromptKD at ω_new = 0: the teacher's own text features,
+    ω_n·θ + (1 − ω_n)·P vision prompts, and the stage-1 projector and BatchNorm statistics.
+
+    Reference behaviour: the released code meant to clone the deep prompts (text blocks from the
+    teacher file, vision blocks from the PromptKD file) but assigns them to a list the model never
+    reads, so they start from fresh random values; that is the default here too (vision: the values
+    drawn when the student was built; text: a fresh N(0, 0.02²) draw). `CLONE_DEEP_PROMPTS True`
+    clones them. Stage 1 is read from `<BACKBONE_DIR>/VLPromptLearner/model-best.pth.tar` when it
+    exists (as the reference), else `model.pth.tar-<BACKBONE_EPOCH>`.
+    """
+
+    split_protocol = staticmethod(validation_on_test_splits)
+    selects_on_test = True  # val is the test set of the run's classes
+    fallback_skips_last = False
+
+    def is_trainable(self, name):
+        return is_student_state(name) or self.is_text_prompt(name)
+
+    @staticmethod
+    def is_text_prompt(name):
+        return name == TEXT_CTX or (name.startswith(TEXT_ENCODER) and name.endswith("VPT_shallow"))
+
+    def is_dpc_prompt(self, name):
+        return not name.startswith("VPT_image_trans.")  # the projector trains unweighted
+
+    def negative_transform(self):
+        return self.dm.tfm_test  # Reference behaviour: the PromptKD variant adds negatives with the test transform
+
+    # -- P: the teacher's text prompts and the stage-1 student ------------------------------------
+    def stage1_checkpoint(self):
+        folder = os.path.join(self.dpc_cfg.BACKBONE_DIR, self.checkpoint_name)
+        best = os.path.join(folder, "model-best.pth.tar")
+        if os.path.isfile(best):
+            return best
+        epochs, epoch = checkpoint_epochs(folder), self.dpc_cfg.BACKBONE_EPOCH
+        path = os.path.join(folder, f"{CHECKPOINT_PREFIX}{epochs[-1] if epoch < 0 and epochs else epoch}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Stage-1 PromptKD checkpoint not found: {path} (epochs present: {epochs or 'none'}; no "
+                "model-best.pth.tar). TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) is the PromptKD run directory, "
+                "the folder holding 'VLPromptLearner/'")
+        return path
+
+    def load_pretuned_prompts(self):
+        """P: the teacher's text prompts (loaded with the teacher) and the stage-1 student's vision prompts;
+        θ starts at P except the deep prompts (see the class docstring). Keeps the stage-1 projector."""
+        deep = [name for name in self.prompt_names if name.endswith("VPT_shallow")]
+        fresh = {name: self.model.get_parameter(name).detach().clone() for name in deep}
+        path = self.stage1_checkpoint()
+        self.load_student_state(load_checkpoint(path)["state_dict"])
+        print(f'Loaded the PromptKD student (P) from "{path}"')
+        pretuned = {name: self.model.get_parameter(name).detach().clone() for name in self.prompt_names}
+        self.backbone_projector = copy.deepcopy(self.model.VPT_image_trans).requires_grad_(False)
+        if not self.dpc_cfg.CLONE_DEEP_PROMPTS:
+            with torch.no_grad():
+                for name in deep:
+                    param = self.model.get_parameter(name)
+                    if name.startswith(TEXT_ENCODER):
+                        torch.nn.init.normal_(param, std=0.02)
+                    else:
+                        param.copy_(fresh[name])
+            print(f"Deep prompts start from fresh random values, as in the released code ({len(deep)} tensors; "
+                  "TRAINER.DPC.CLONE_DEEP_PROMPTS True clones them)")
+        return pretuned
+
+    def text_prompts_of(self, prompts):
+        return {name: tensor for name, tensor in prompts.items() if self.is_text_prompt(name)}
+
+    @torch.no_grad()
+    def teacher_text_features(self):
+        """The frozen teacher's class vectors (P in the text slots, whatever θ holds)."""
+        if self.teacher_text is None:
+            with substituted_parameters(self.model, self.text_prompts_of(self.pretuned)):
+                self.teacher_text = normalize(self.model.encode_text())
+        return self.teacher_text
+
+    # -- training -----------------------------------------------------------------------------
+    def parallel_prompts(self):
+        # Reference behaviour: only the layer-0 text context goes through the converse weighting;
+        # every other prompt tensor enters the encoders as it is.
+        prompts = super().parallel_prompts()
+        return {name: q if name == TEXT_CTX else self.model.get_parameter(name) for name, q in prompts.items()}
+
+    @torch.no_grad()
+    def query(self, images):
+        """softmax(100·cos) of the frozen teacher's image and text features over the run's classes."""
+        teacher_features = normalize(self.model.teacher.encode_image(images))
+        return (100 * teacher_features @ self.teacher_text_features().t()).softmax(dim=-1)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def class_slice(self, split):
+        return slice(None)  # the run's classes are one half already
+
+    def inference_prompts(self):
+        prompts = super().inference_prompts()
+        if not self.evaluates_base_classes():  # new classes: the teacher's own text features
+            prompts.update(self.text_prompts_of(self.pretuned))
+        return prompts
+
+    def test(self, split=None, write_results=True):
+        if self.evaluates_base_classes():
+            return super().test(split, write_results)
+        trained, self.model.VPT_image_trans = self.model.VPT_image_trans, self.backbone_projector
+        try:
+            return super().test(split, write_results)
+        finally:
+            self.model.VPT_image_trans = trained
+
+    def cached_text_features(self):
+        if not self.cfg.TEST.CACHE_TEXT_FEATURES:
+            return None
+        with torch.no_grad():
+            return normalize(self.model.encode_text())  # the text prompts the mixin put in place
+
+    # -- checkpoints: θ and the projector under the official DPC model's names -----------------------
+    def checkpoint_state_dict(self):
+        state = self.model.state_dict()
+        saved = {k: v for k, v in state.items() if is_student_state(k)}
+        for name in self.prompt_names:
+            if self.is_text_prompt(name):
+                saved[official_text_name(name)] = state[name]
+        return saved
+
+    def load_checkpoint_state_dict(self, state_dict):
+        text_names = [name for name in self.prompt_names if self.is_text_prompt(name)]
+        missing = [official_text_name(n) for n in text_names if official_text_name(n) not in state_dict]
+        if missing:
+            raise KeyError(f"The checkpoint lacks the DPC_PromptKD text prompts {missing[:3]}: it is not a "
+                           "DPC_PromptKD checkpoint of this teacher")
+        with torch.no_grad():
+            for name in text_names:
+                self.model.get_parameter(name).copy_(state_dict[official_text_name(name)])
+        self.load_student_state(state_dict)
+
+
+def official_text_name(name):
+    for ours, official in OFFICIAL_TEXT_NAMES:
+        if name.startswith(ours):
+            return official + name[len(ours):]
+    return name

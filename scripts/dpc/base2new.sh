@@ -5,18 +5,19 @@
 #
 #   bash scripts/dpc/base2new.sh BACKBONE DATASET SEED [KEY VALUE ...]
 #
-#   BACKBONE   CoOp | KgCoOp | MaPLe | DPL | DGPrompt | IVLP | PromptSRC (any backbone with a
+#   BACKBONE   CoOp | KgCoOp | MaPLe | DPL | DGPrompt | IVLP | PromptSRC | PromptKD (any backbone with a
 #              DPC_<BACKBONE> trainer)
 #   DATASET    dataset config stem: imagenet, caltech101, oxford_pets, ... (configs/datasets/)
 #   KEY VALUE  config options for every stage (TRAINER.DPC.* only matter to stage 2); a finished
 #              stage 1 is reused whatever they are: keep variants apart with BACKBONE_CFG or TAG
 #
 # Environment: DATA (dataset root, default data), OUTPUT (default output), SHOTS (default 16),
-# CFG (stage-2 config under configs/trainers/DPC/BACKBONE/, or a YAML path; default vit_b16_ep20),
-# TAG (appended to the stage-2 folder as CFG_TAG), BACKBONE_CFG (stage-1 config; default the DPC
-# setting for CoOp, dpc.md §7.3, vit_b16_c2_ep20_batch4_4+4ctx for IVLP and PromptSRC, and the
-# backbone's paper config otherwise), TRAINER_MODULE,
-# PYTHON (default python).
+# CFG (stage-2 config under configs/trainers/DPC/BACKBONE/, or a YAML path; default vit_b16_ep20,
+# PromptKD vit_b16_c2_ep20_batch4_4+4ctx), TAG (appended to the stage-2 folder as CFG_TAG),
+# BACKBONE_CFG (stage-1 config; default the DPC setting for CoOp (batch 4, 10 epochs, 4 random
+# tokens), vit_b16_c2_ep20_batch4_4+4ctx for IVLP and PromptSRC, for PromptKD DPC's batch-32 run
+# (shots_0, KD_WEIGHT 1000), the backbone's paper config otherwise), TRAINER_MODULE,
+# PYTHON (default python). PromptKD's teacher must be in place (TRAINER.PROMPTKD.TEACHER_* options).
 #
 # Output: stage 1 as scripts/base2new.sh writes it ($OUTPUT/base2new/{train_base,test_new}/
 # DATASET/shots_$SHOTS/BACKBONE/BACKBONE_CFG/seed$SEED; CoOp's folder is tagged _nctx4), then
@@ -28,21 +29,25 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 export DATA=${DATA:-data} OUTPUT=${OUTPUT:-output} SHOTS=${SHOTS:-16}
 export PYTHON=${PYTHON:-python} TRAINER_MODULE=${TRAINER_MODULE:-}
-TAG=${TAG:-} CFG=${CFG:-vit_b16_ep20}
+TAG=${TAG:-} CFG=${CFG:-}
 
 if [[ $# -lt 3 ]]; then
-    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 BACKBONE=$1 DATASET=$2 SEED=$3
 shift 3
 EXTRA=("$@")
+if [[ -z $CFG ]]; then
+    [[ $BACKBONE == PromptKD ]] && CFG=vit_b16_c2_ep20_batch4_4+4ctx || CFG=vit_b16_ep20
+fi
 
 # Stage 1: the backbone's own run, reused when it is finished. CoOp's DPC setting (the DPC
 # repo's batch-4, 10-epoch config with 4 random context tokens) gets its own folder tag.
 BACKBONE_CFG=${BACKBONE_CFG:-}
 STAGE1_OPTS=()
 STAGE1_TAG=""
+STAGE1_SHOTS=$SHOTS
 if [[ $BACKBONE == CoOp && -z $BACKBONE_CFG ]]; then
     BACKBONE_CFG=vit_b16_bs4_ep10_lr35
     STAGE1_OPTS=(TRAINER.COOP.N_CTX 4)
@@ -50,18 +55,23 @@ if [[ $BACKBONE == CoOp && -z $BACKBONE_CFG ]]; then
 elif [[ ($BACKBONE == IVLP || $BACKBONE == PromptSRC) && -z $BACKBONE_CFG ]]; then
     BACKBONE_CFG=vit_b16_c2_ep20_batch4_4+4ctx  # the paper's base-to-new config
 fi
-TAG=$STAGE1_TAG bash "$REPO/scripts/base2new.sh" "$BACKBONE" "$DATASET" "$SEED" ${BACKBONE_CFG:+"$BACKBONE_CFG"} \
-    "${STAGE1_OPTS[@]}" "${EXTRA[@]}"
-stage1=$(TAG=$STAGE1_TAG "$PYTHON" "$REPO/scripts/methods.py" resolve "$BACKBONE" "$DATASET" "$SEED" "$BACKBONE_CFG")
+if [[ $BACKBONE == PromptKD ]]; then  # DPC's PromptKD stage 1: unlabelled all-class distillation
+    BACKBONE_CFG=${BACKBONE_CFG:-vit_b16_c2_ep20_batch32_4+4ctx}
+    STAGE1_OPTS=(TRAINER.PROMPTKD.KD_WEIGHT 1000.0)
+    STAGE1_SHOTS=0
+fi
+SHOTS=$STAGE1_SHOTS TAG=$STAGE1_TAG bash "$REPO/scripts/base2new.sh" "$BACKBONE" "$DATASET" "$SEED" \
+    ${BACKBONE_CFG:+"$BACKBONE_CFG"} "${STAGE1_OPTS[@]}" "${EXTRA[@]}"
+stage1=$(SHOTS=$STAGE1_SHOTS TAG=$STAGE1_TAG "$PYTHON" "$REPO/scripts/methods.py" resolve "$BACKBONE" "$DATASET" "$SEED" \
+         "$BACKBONE_CFG")
 STAGE1_DIR=$(eval "$stage1" && echo "$TRAIN_DIR")
 
 # Stages 2 and 3: DPC_<BACKBONE>, with P re-read from stage 1's latest checkpoint each time.
 TRAINER=DPC_$BACKBONE
-if [[ $CFG != *.yaml && $CFG != *.yml && $CFG != */* ]]; then
-    CFG=$REPO/configs/trainers/DPC/$BACKBONE/$CFG.yaml  # same run folder; also for trainers scripts/methods.py lacks
+eval "$(TAG=$TAG "$PYTHON" "$REPO/scripts/methods.py" resolve "$TRAINER" "$DATASET" "$SEED" "$CFG")"
+if [[ -z $CONFIG_FILE ]]; then
+    CONFIG_FILE=$REPO/configs/trainers/DPC/$BACKBONE/$CFG.yaml
 fi
-resolved=$(TAG=$TAG "$PYTHON" "$REPO/scripts/methods.py" resolve "$TRAINER" "$DATASET" "$SEED" "$CFG")
-eval "$resolved"
 if [[ ! -f $CONFIG_FILE ]]; then
     echo "dpc/base2new.sh: stage-2 config not found: $CONFIG_FILE" >&2
     exit 2
@@ -85,5 +95,5 @@ if [[ -f $TEST_DIR/results.json ]]; then
     echo "DPC new-class evaluation done already: $TEST_DIR"
 else
     "$PYTHON" "$REPO/train.py" "${COMMON[@]}" --output-dir "$TEST_DIR" --eval-only --model-dir "$TRAIN_DIR" \
-        --load-epoch -1 "${OPTS[@]}" DATASET.SUBSAMPLE_CLASSES new
+        "${OPTS[@]}" DATASET.SUBSAMPLE_CLASSES new
 fi
