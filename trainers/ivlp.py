@@ -49,6 +49,25 @@ def add_deep_prompts(blocks, depth, n_ctx, width):
         nn.init.normal_(block.VPT_shallow, std=0.02)
 
 
+def add_vision_prompts(image_encoder, n_ctx, depth):
+    """The first vision prompt `image_encoder.VPT` and the deep ones, N(0, 0.02^2) fp32; returns the
+    number of vision prompt tokens (0 when depth is 0: no vision prompt at all)."""
+    if depth <= 0:
+        return 0
+    width = image_encoder.ln_pre.weight.shape[0]
+    image_encoder.VPT = nn.Parameter(torch.empty(n_ctx, width))
+    nn.init.normal_(image_encoder.VPT, std=0.02)
+    add_deep_prompts(image_encoder.transformer.resblocks, depth, n_ctx, width)
+    return n_ctx
+
+
+def encode_prompted_image(image_encoder, images):
+    """The image tower with its vision prompts, if it has any."""
+    if not hasattr(image_encoder, "VPT"):
+        return image_encoder(images)
+    return image_encoder(images, image_encoder.VPT, deep_prompts_of(image_encoder.transformer.resblocks))
+
+
 def deep_prompts_of(blocks):
     """The `VPT_shallow` of blocks 1.., up to the last prompted block (prompt i enters block i + 1)."""
     prompts = [getattr(block, "VPT_shallow", None) for block in list(blocks)[1:]]
@@ -99,12 +118,7 @@ class IVLPModel(PromptedCLIP):
         # Reference RNG order, as far as a plain CLIP build allows: the vision prompts (first, then per
         # block), the text prompts per block, then a random context fill. The reference draws the
         # block prompts while building CLIP, interleaved with CLIP's own init (README "Differences").
-        self.n_ctx_vision = opts.N_CTX_VISION if opts.PROMPT_DEPTH_VISION > 0 else 0
-        if self.n_ctx_vision:
-            self.image_encoder.VPT = nn.Parameter(torch.empty(opts.N_CTX_VISION, sizes.vision_width))
-            nn.init.normal_(self.image_encoder.VPT, std=0.02)
-            add_deep_prompts(self.image_encoder.transformer.resblocks, opts.PROMPT_DEPTH_VISION,
-                             opts.N_CTX_VISION, sizes.vision_width)
+        self.n_ctx_vision = add_vision_prompts(self.image_encoder, opts.N_CTX_VISION, opts.PROMPT_DEPTH_VISION)
         add_deep_prompts(self.text_encoder.transformer.resblocks, opts.PROMPT_DEPTH_TEXT, opts.N_CTX_TEXT,
                          sizes.text_width)
         self.prompt_learner = IVLPPromptLearner(opts.N_CTX_TEXT, opts.CTX_INIT, classnames, clip_model)
@@ -117,10 +131,7 @@ class IVLPModel(PromptedCLIP):
         return self.text_encoder(self.prompt_learner(), self.prompt_learner.tokenized_prompts, deep)
 
     def encode_image(self, images):
-        if not self.n_ctx_vision:
-            return self.image_encoder(images.type(self.dtype))
-        deep = deep_prompts_of(self.image_encoder.transformer.resblocks)
-        return self.image_encoder(images.type(self.dtype), self.image_encoder.VPT, deep)
+        return encode_prompted_image(self.image_encoder, images.type(self.dtype))
 
 
 @TRAINERS.register("IVLP", config=add_ivlp_config)

@@ -26,8 +26,8 @@ from engine.clip_loading import load_clip_to_cpu
 from engine.data import subsample_classes
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
-from trainers.ivlp import IVLPModel, add_deep_prompts, deep_prompts_of, is_ivlp_trainable
+from trainers.deep_prompting import DeepPromptedVisionEncoder
+from trainers.ivlp import IVLPModel, add_vision_prompts, encode_prompted_image, is_ivlp_trainable
 from trainers.promptsrc import GPA_KEY, Aggregation, fold_constant
 
 PROMPT_MARK = "VPT"           # official selection rule: student tensors whose name holds `VPT` train
@@ -237,15 +237,9 @@ class PromptKDModel(nn.Module):
             raise ValueError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_TEXT must be >= 1, got {opts.PROMPT_DEPTH_TEXT}")
         if opts.PROMPT_DEPTH_VISION < 0:
             raise ValueError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_VISION must be >= 0, got {opts.PROMPT_DEPTH_VISION}")
-        sizes = tower_sizes(clip_model)
         self.teacher = teacher
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
-        self.n_ctx_vision = opts.N_CTX_VISION if opts.PROMPT_DEPTH_VISION > 0 else 0
-        if self.n_ctx_vision:
-            self.image_encoder.VPT = nn.Parameter(torch.empty(opts.N_CTX_VISION, sizes.vision_width))
-            nn.init.normal_(self.image_encoder.VPT, std=0.02)
-            add_deep_prompts(self.image_encoder.transformer.resblocks, opts.PROMPT_DEPTH_VISION,
-                             opts.N_CTX_VISION, sizes.vision_width)
+        self.n_ctx_vision = add_vision_prompts(self.image_encoder, opts.N_CTX_VISION, opts.PROMPT_DEPTH_VISION)
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
         # Reference behaviour: 512 -> 768 hard-coded (ViT-B/16 -> ViT-L/14 embeddings); read from the models here.
@@ -256,9 +250,7 @@ class PromptKDModel(nn.Module):
 
     def encode_image(self, images):
         """Projected student features (B, teacher embed dim), not normalised."""
-        prompts = self.image_encoder.VPT if self.n_ctx_vision else None
-        deep = deep_prompts_of(self.image_encoder.transformer.resblocks)
-        return self.VPT_image_trans(self.image_encoder(images.type(self.dtype), prompts, deep))
+        return self.VPT_image_trans(encode_prompted_image(self.image_encoder, images.type(self.dtype)))
 
     def encode_text(self):
         """The teacher's prompted text features of the run's classes (the class vectors)."""
