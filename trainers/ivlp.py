@@ -165,9 +165,9 @@ class IVLP(TrainerBase):
     def load_checkpoint_state_dict(self, state_dict):
         """Load the trainable tensors; the frozen CLIP weights of an official whole-model file are
         compared with the configured backbone and a mismatch is reported (as for MaPLe)."""
+        self.load_prompt_tensors(state_dict)
         self.report_frozen_mismatch({k: v for k, v in state_dict.items()
                                      if not is_ivlp_trainable(k) and not k.startswith("prompt_learner.token_")})
-        self.load_prompt_tensors(state_dict)
 
     def load_prompt_tensors(self, state_dict):
         """Load the trainable tensors of `state_dict`; every one this model has must be there."""

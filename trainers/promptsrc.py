@@ -271,6 +271,7 @@ class PromptSRC(IVLP):
         record = state_dict.pop(GPA_KEY, None)
         for key in [k for k in state_dict if k.startswith(ZERO_SHOT_TOWER)]:
             del state_dict[key]
+        self.load_prompt_tensors(state_dict)  # first: a file of another method fails before any change
         ours = self.frozen_tensors(class_buffers=False)
         frozen = {k: v for k, v in state_dict.items() if k in ours}
         unknown = [k for k in state_dict if not is_ivlp_trainable(k) and k not in ours
@@ -291,7 +292,6 @@ class PromptSRC(IVLP):
         else:
             self.fold_frozen_tensors(Aggregation.from_tensor(record) if record is not None else None)
         self.gpa_record = Aggregation.from_tensor(record) if record is not None else None
-        self.load_prompt_tensors(state_dict)
 
     def resume_model_if_exist(self, directory):
         start_epoch = super().resume_model_if_exist(directory)

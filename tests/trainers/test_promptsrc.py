@@ -152,6 +152,14 @@ def test_gpa_folds_the_whole_state_by_default(gpa_run):
     frozen = [k for k in final if not is_ivlp_trainable(k)]
     assert any(not torch.equal(final[k], before[k]) for k in frozen)  # the frozen weights were rounded
 
+    # the shared zero-shot tower equals a separate CLIP tower folded alike (the reference's third copy)
+    separate = load_clip_to_cpu(trainer.cfg.MODEL.BACKBONE.NAME).float().visual
+    with torch.no_grad():
+        for param in separate.parameters():
+            param.copy_(fold_constant(param.clone(), w))
+        images = torch.randn(2, 3, 32, 32)
+        assert torch.equal(trainer.model.zero_shot_image_features(images), separate(images))
+
     saved = load_checkpoint(os.path.join(out, "VLPromptLearner", "model.pth.tar-3"))["state_dict"]
     assert sorted(saved) == sorted([*(k for k in final if is_ivlp_trainable(k)), GPA_KEY])
     assert torch.equal(saved[ctx], final[ctx])
