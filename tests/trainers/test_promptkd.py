@@ -143,11 +143,12 @@ def test_teacher_file_with_missing_prompts_warns_and_zero_shot_keys_are_ignored(
     trainer = build(tmp_path / "ref")
     state = load_checkpoint(os.path.join(promptkd_teacher, "VLPromptLearner", "model.pth.tar-1"))["state_dict"]
 
-    def teacher_from(name, state_dict):
+    def teacher_from(name, state_dict, clip_name=None):
         torch.save({"state_dict": state_dict, "epoch": 1}, tmp_path / name)
         cfg = trainer.cfg.clone()
         cfg.defrost()
         cfg.TRAINER.PROMPTKD.TEACHER_CKPT = str(tmp_path / name)
+        cfg.TRAINER.PROMPTKD.TEACHER_NAME = clip_name or cfg.TRAINER.PROMPTKD.TEACHER_NAME
         return load_teacher(cfg, trainer.classnames, trainer.precision)
 
     with_zs = {**state, "prompt_learner.ZS_image_encoder.conv1.weight": torch.zeros(3),
@@ -160,6 +161,8 @@ def test_teacher_file_with_missing_prompts_warns_and_zero_shot_keys_are_ignored(
                                      if k != "text_encoder.transformer.resblocks.1.VPT_shallow"})
     out = capsys.readouterr().out
     assert "Warning: the teacher checkpoint" in out and "text_encoder.transformer.resblocks.1.VPT_shallow" in out
+    with pytest.raises(RuntimeError, match="(?s)does not fit the teacher CLIP .*set TRAINER.PROMPTKD.TEACHER_NAME"):
+        teacher_from("other_clip.pth.tar", state, clip_name=trainer.cfg.MODEL.BACKBONE.NAME)  # the student's widths
 
 
 def test_bf16_trains_a_step(build, tmp_path):
