@@ -181,9 +181,12 @@ def load_teacher(cfg, classnames, precision):
     except RuntimeError as err:
         raise RuntimeError(f"The teacher checkpoint {path} does not fit the teacher CLIP {opts.TEACHER_NAME} "
                            f"({err}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP it was trained on") from err
-    if unexpected:
+    foreign = [k for k in unexpected if k.startswith(("image_encoder.", "text_encoder."))]
+    if foreign:
         raise KeyError(f"The teacher checkpoint {path} has tensors the teacher CLIP {opts.TEACHER_NAME} lacks "
-                       f"({unexpected[:4]}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP it was trained on")
+                       f"({foreign[:4]}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP it was trained on")
+    if unexpected:
+        print(f"Teacher checkpoint entries not used by the teacher: {unexpected}")
     if aggregation is not None:
         fold_teacher_weights(teacher, Aggregation.from_tensor(aggregation))
     return teacher.eval()

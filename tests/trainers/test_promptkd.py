@@ -101,9 +101,9 @@ def test_best_val_selects_on_the_base_test_set_and_says_so(kd_run, build, tmp_pa
     assert results["accuracy"] == pytest.approx(best["val_result"], abs=1e-3)
     assert sorted(best["state_dict"]) == sorted(STUDENT_TRAINABLE + BN_BUFFERS)  # BN statistics change the output
     honest = tmp_path / "last"
-    build(honest, "TEST.FINAL_MODEL", "last_step").train()
+    build(honest, "TEST.FINAL_MODEL", "last_step", "OPTIM.MAX_EPOCH", "1").train()
     record = json.load(open(honest / "results.json"))
-    assert record["epoch"] == 2 and "selected_on_test" not in record
+    assert record["epoch"] == 1 and "selected_on_test" not in record
 
 
 def evaluated_logits(trainer):
@@ -143,11 +143,12 @@ def test_teacher_file_with_missing_prompts_warns_and_zero_shot_keys_are_ignored(
     trainer = build(tmp_path / "ref")
     state = load_checkpoint(os.path.join(promptkd_teacher, "VLPromptLearner", "model.pth.tar-1"))["state_dict"]
 
-    def teacher_from(name, state_dict):
+    def teacher_from(name, state_dict, clip_name=None):
         torch.save({"state_dict": state_dict, "epoch": 1}, tmp_path / name)
         cfg = trainer.cfg.clone()
         cfg.defrost()
         cfg.TRAINER.PROMPTKD.TEACHER_CKPT = str(tmp_path / name)
+        cfg.TRAINER.PROMPTKD.TEACHER_NAME = clip_name or cfg.TRAINER.PROMPTKD.TEACHER_NAME
         return load_teacher(cfg, trainer.classnames, trainer.precision)
 
     with_zs = {**state, "prompt_learner.ZS_image_encoder.conv1.weight": torch.zeros(3),
@@ -160,6 +161,8 @@ def test_teacher_file_with_missing_prompts_warns_and_zero_shot_keys_are_ignored(
                                      if k != "text_encoder.transformer.resblocks.1.VPT_shallow"})
     out = capsys.readouterr().out
     assert "Warning: the teacher checkpoint" in out and "text_encoder.transformer.resblocks.1.VPT_shallow" in out
+    with pytest.raises(RuntimeError, match="(?s)does not fit the teacher CLIP .*set TRAINER.PROMPTKD.TEACHER_NAME"):
+        teacher_from("other_clip.pth.tar", state, clip_name=trainer.cfg.MODEL.BACKBONE.NAME)  # the student's widths
 
 
 def test_bf16_trains_a_step(build, tmp_path):
@@ -202,7 +205,7 @@ def test_dpc_structure_starts_from_the_teacher_and_the_stage1_student(make_dpc, 
 
 def test_dpc_new_classes_are_exactly_promptkd_and_base_rises(make_dpc, build, kd_run, tmp_path):
     # A high learning rate: the tiny random student barely tells the fixture's colours apart.
-    opts = ("OPTIM.MAX_EPOCH", "8", "OPTIM.LR", "1.0", "TEST.FINAL_MODEL", "last_step")
+    opts = ("OPTIM.MAX_EPOCH", "5", "OPTIM.LR", "1.0", "TEST.FINAL_MODEL", "last_step")
     dpc = make_dpc(tmp_path / "stage2", *opts, subsample="base", shots="4")
     dpc.train()
     base_dpc = json.load(open(tmp_path / "stage2" / "results.json"))
