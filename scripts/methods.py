@@ -430,7 +430,7 @@ def resolve_xd(method, seed, target="", cfg="", output="output", shots=16, tag="
         raise GridError(f"Unknown target '{target}' (no configs/datasets/{target}.yaml)")
     shots, seed = int(shots), int(seed)
     entry, setting, name, config_file = _protocol_config(method, "xd", XD_SOURCE, shots, cfg)
-    opts = setting.opts_for(target)
+    opts = setting.opts_for(XD_SOURCE)  # a target loads the source's model: the source's settings
     if not entry.eval_only and class_specific_context(config_file, (*opts, *user_opts)):
         raise GridError(f"{method} ({config_file}): a class-specific context (TRAINER.COOP.CSC True) has one context "
                         "per ImageNet class and cannot be evaluated on other datasets' classes; cross-dataset "
@@ -489,12 +489,15 @@ def _protocol_shell(args):
     from the environment)."""
     env = os.environ
     output, tag = env.get("OUTPUT", "output"), env.get("TAG", "")
+    targets = []
     try:
         if args.command == "fewshot":
             run = resolve_fewshot(args.method, args.dataset, args.shots, args.seed, args.cfg, output, tag)
         else:
-            target = "" if args.target == "none" else args.target
-            run = resolve_xd(args.method, args.seed, target, args.cfg, output, env.get("SHOTS", "16"), tag, args.opts)
+            targets = [resolve_xd(args.method, args.seed, t, args.cfg, output, env.get("SHOTS", "16"), tag, args.opts)
+                       for t in args.target.split(",") if t not in ("", "none")]
+            run = targets[0] if targets else resolve_xd(args.method, args.seed, "", args.cfg, output,
+                                                        env.get("SHOTS", "16"), tag, args.opts)
     except GridError as err:
         sys.exit(f"{args.command}: {err}")
     q = shlex.quote
@@ -503,6 +506,9 @@ def _protocol_shell(args):
                        ("BACKBONE", run.backbone), ("STAGE1_DIR", run.stage1_dir), ("RUN_NAME", run.name)):
         print(f"{key}={q(str(value))}")
     print(f"METHOD_OPTS=({' '.join(map(q, run.opts))})")
+    if args.command == "xd":  # each target and its run directory
+        print(f"TARGET_LIST=({' '.join(q(t.dataset) for t in targets)})")
+        print(f"RUN_DIRS=({' '.join(q(t.run_dir) for t in targets)})")
 
 
 def _grid_lines(args):
@@ -538,7 +544,8 @@ def main(argv=None):
     few.add_argument("dataset")
     few.add_argument("shots")
     few.add_argument("seed")
-    xd = sub.add_parser("xd", help="shell assignments for a cross-dataset source (TARGET none) or one target")
+    xd = sub.add_parser("xd", help="shell assignments for a cross-dataset source (TARGET none) or its targets "
+                                   "(a comma list: TARGET_LIST, RUN_DIRS)")
     xd.add_argument("method")
     xd.add_argument("seed")
     xd.add_argument("target")
