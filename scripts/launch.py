@@ -68,7 +68,9 @@ def build_parser():
                              "domain generalisation: DATASETS are the targets)")
     parser.add_argument("--shots", default=None,
                         help="shots per class (env SHOTS, default 16); fewshot: comma list or `all` (1,2,4,8,16)")
-    parser.add_argument("--tag", default=os.environ.get("TAG", ""), help="config folder suffix (CFG_TAG)")
+    parser.add_argument("--tag", default=os.environ.get("TAG", ""),
+                        help="keeps a variant's runs apart: config folder suffix (base2new: CFG_TAG), or a "
+                             "sub-folder below the config folder (fewshot, xd)")
     parser.add_argument("--trainer-module", default=os.environ.get("TRAINER_MODULE", ""),
                         help="out-of-tree trainer file(s) or module(s), comma-separated")
     parser.add_argument("--gpus", default=None,

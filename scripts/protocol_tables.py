@@ -470,7 +470,7 @@ def plot(protocol, found, columns, out_dir):
                       rotation=30, ha="right")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 110)
-        ax.set_title(TITLES[protocol], fontsize="medium")
+        ax.set_title(f"{PROTOCOL_NAMES[protocol]} from ImageNet (Average: targets only)", fontsize="medium")
         ax.legend(fontsize="small", ncol=2)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{protocol}_bars.png")
