@@ -488,6 +488,9 @@ def build_parser():
     parser.add_argument("directory", nargs="?", default="output",
                         help="output root (table), or a folder of seed folders (parse_test_res.py)")
     table = parser.add_argument_group("table mode")
+    table.add_argument("--protocol", choices=("base2new", "fewshot", "xd", "dg"),
+                       help="the table to print (default: every protocol found under the directory): base2new, "
+                            "fewshot (datasets x shots), xd (cross-dataset) or dg (domain generalisation)")
     table.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="output format")
     table.add_argument("--methods", default="", help="comma list of methods to show (default: all found)")
     table.add_argument("--datasets", default="",
@@ -496,7 +499,7 @@ def build_parser():
     table.add_argument("--compare-paper", action="store_true", help="add the published numbers (where known)")
     table.add_argument("--mean-of-h", action="store_true",
                        help="add the mean of per-dataset H beside the average (not the paper convention)")
-    table.add_argument("--plot", metavar="DIR", help="write bar charts and config-sweep curves (matplotlib)")
+    table.add_argument("--plot", metavar="DIR", help="write bar charts, config-sweep and few-shot curves (matplotlib)")
     table.add_argument("--sweep-key", action="append", default=[], metavar="KEY",
                        help=f"config key whose values form a sweep curve (default: {', '.join(DEFAULT_SWEEP_KEYS)})")
     official = parser.add_argument_group("parse_test_res.py options")
@@ -522,7 +525,28 @@ def main(argv=None):
     if official_flags or is_seed_folder_dir(args.directory):
         official_main(args)
         return
+    from scripts import protocol_tables  # the few-shot, cross-dataset and domain-generalisation tables
+
     root = base2new_root(args.directory)
+    protocols = [args.protocol] if args.protocol else \
+        ["base2new"] * (root is not None) + protocol_tables.detect(args.directory, args)
+    if not protocols:
+        sys.exit(f"No runs under {args.directory} (expected base2new/, few_shot/, imagenet/ + evaluation/, "
+                 "ZeroshotCLIP/ or CoOp's <dataset>/<METHOD>/<CFG>_<K>shots/)")
+    if args.format == "csv" and len(protocols) > 1:
+        sys.exit(f"Runs of several protocols under {args.directory} ({', '.join(protocols)}): "
+                 "pick one with --protocol for CSV output")
+    for protocol in protocols:
+        if len(protocols) > 1 and args.format != "csv":
+            print(f"## {protocol_tables.PROTOCOL_NAMES[protocol]}\n" if args.format == "md" else
+                  f"% {protocol_tables.PROTOCOL_NAMES[protocol]}")
+        if protocol == "base2new":
+            base2new_main(args, root)
+        elif not protocol_tables.main(args, protocol, args.directory):
+            sys.exit(f"No {protocol_tables.PROTOCOL_NAMES[protocol].lower()} runs under {args.directory}")
+
+
+def base2new_main(args, root):
     if root is None:
         sys.exit(f"No base-to-new runs under {args.directory} (expected base2new/train_base or test_new)")
     groups = scan(root, args.newest_log, args.from_logs)

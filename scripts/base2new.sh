@@ -10,12 +10,13 @@
 #              (default: the method's paper config in scripts/methods.py)
 #   KEY VALUE  config options for both phases (use SHOTS=, not DATASET.NUM_SHOTS)
 #
-# Environment: DATA (dataset root, default data), OUTPUT (default output), SHOTS (default 16),
+# Environment: DATA (dataset root, default data), OUTPUT (default output), SHOTS (default: the
+# method's, 16 for all but PromptKD),
 # TAG (appended to the config folder as CFG_TAG, to keep a variant's runs apart),
 # TRAINER_MODULE (out-of-tree trainer file(s) or module(s), comma-separated), LOADEP (checkpoint
 # epoch to test; default model-best.pth.tar when the run selected one with TEST.FINAL_MODEL best_val,
 # else the latest), PHASE (both, train or test; default both), PYTHON (default python).
-# PromptKD trains on the unlabelled train split of every class: run it with SHOTS=0 (the official
+# PromptKD trains on the unlabelled train split of every class (SHOTS 0 by default, the official
 # shots_0 layout); its train phase reports the base classes, the test phase the new ones.
 #
 # Output: $OUTPUT/base2new/{train_base,test_new}/DATASET/shots_$SHOTS/METHOD/CFG/seed$SEED.
@@ -25,7 +26,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export DATA=${DATA:-data} OUTPUT=${OUTPUT:-output} SHOTS=${SHOTS:-16} TAG=${TAG:-}
+export DATA=${DATA:-data} OUTPUT=${OUTPUT:-output} TAG=${TAG:-}
 export PYTHON=${PYTHON:-python} TRAINER_MODULE=${TRAINER_MODULE:-}
 PHASE=${PHASE:-both}
 
@@ -55,9 +56,10 @@ if [[ ! -f $DATASET_CONFIG ]]; then
     exit 2
 fi
 
-# Sets CFG_NAME CONFIG_FILE TRAIN_DIR TEST_DIR EVAL_ONLY METHOD_OPTS RUNNER.
+# Sets CFG_NAME SHOTS CONFIG_FILE TRAIN_DIR TEST_DIR EVAL_ONLY METHOD_OPTS RUNNER.
 resolved=$("$PYTHON" "$REPO/scripts/methods.py" resolve "$METHOD" "$DATASET" "$SEED" "$CFG")
 eval "$resolved"
+export SHOTS
 
 # One process per run at a time: a second caller (another launcher, or DPC reusing this run as
 # its stage 1) waits here, then finds the run done.

@@ -1,24 +1,34 @@
-"""Run a base-to-new grid in parallel: one run per GPU on this machine, or a Slurm job array.
+"""Run a protocol's grid in parallel: one run per GPU on this machine, or Slurm job arrays.
 
-    python scripts/launch.py METHODS DATASETS SEEDS [options] [KEY VALUE ...]
+    python scripts/launch.py METHODS DATASETS SEEDS [--protocol P] [options] [KEY VALUE ...]
 
 METHODS, DATASETS and SEEDS are comma lists or `all` (as for scripts/sweep.sh; METHOD:CFG picks
-a config). Every run is `scripts/base2new.sh METHOD DATASET SEED [CFG] [KEY VALUE ...]`, so a run
-counts as done when both of its `results.json` exist: finished runs are never started again and
-interrupted ones resume, which makes a launch safe to repeat after a crash or a preemption.
+a config). With `--protocol base2new` (the default) every run is `scripts/base2new.sh METHOD DATASET
+SEED [CFG] [KEY VALUE ...]` and counts as done when both of its `results.json` exist. With
+`--protocol fewshot` each (method, dataset, K, seed) is one `scripts/fewshot.sh` run (`--shots`: a
+comma list or `all`, the default); with `--protocol xd`, DATASETS are the targets (`all`, `xd`, `dg`,
+`none` or a list, as for scripts/xd.sh) and each method and seed gives a source run on ImageNet plus
+one evaluation per target, which starts only once its source has finished. Finished runs are never
+started again and interrupted ones resume, which makes a launch safe to repeat after a crash or a
+preemption.
 
     python scripts/launch.py all all all --gpus 0,1,2,3          # this machine, largest datasets first
     python scripts/launch.py CoOp all all --status               # done / running / failed / not started
     python scripts/launch.py all all all --slurm --partition gpu # a job array (submitit if installed)
     python scripts/launch.py all all all --slurm --dry-run       # write and print the sbatch script(s)
+    python scripts/launch.py all all all --protocol fewshot --gpus 0,1   # K = 1, 2, 4, 8, 16
+    python scripts/launch.py all all all --protocol xd --slurm   # sources, then their evaluations
 
 Without GPUs the runs go to the CPU, `--jobs` at a time. Per-run console output goes to
 `<OUTPUT>/launch_logs/`; each run's own `log.txt` is in its run directory as usual.
 
-The queue holds the plain runs first and the runs with a runner (DPC_*, which reuse a backbone's
-run as their stage 1) after them, largest datasets first within each group, so that a DPC run
-does not start beside its own backbone run and wait on that run's lock. With `--slurm` the DPC
-runs go into a second array that starts once the first one has ended (`--dependency=afterany`).
+The queue holds the plain runs first, the DPC runs (which reuse a backbone's run of the same
+protocol as their stage 1) after them and the cross-dataset evaluations last, largest datasets
+first within each group, so that a DPC run does not start beside its own backbone run and wait on
+that run's lock. An evaluation waits for its source run; if the source fails, the evaluation is
+reported failed without starting. With `--slurm` each group is a job array that starts once the
+previous one has ended (`--dependency=afterany`); an evaluation whose source failed exits at once
+naming it.
 
 Stopping the launcher (Ctrl-C, SIGTERM, SIGHUP) stops its runs: each run is started in its own
 process group, which is sent SIGTERM and, after a grace period, SIGKILL, so train.py goes too and
@@ -41,9 +51,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.methods import REPO, GridError, dataset_size, grid  # noqa: E402
+from scripts.methods import GridError, grid, protocol_grid  # noqa: E402
 
-BASE2NEW = os.path.join(REPO, "scripts", "base2new.sh")
+ARRAY_SUFFIXES = ("", "-dpc", "-eval")  # Slurm job names per queue group (the runs' `stage`)
 
 
 def build_parser():
@@ -53,8 +63,14 @@ def build_parser():
     parser.add_argument("seeds", help="comma list or `all` (1,2,3)")
     parser.add_argument("--data", default=os.environ.get("DATA", "data"), help="dataset root (env DATA)")
     parser.add_argument("--output", default=os.environ.get("OUTPUT", "output"), help="output root (env OUTPUT)")
-    parser.add_argument("--shots", type=int, default=int(os.environ.get("SHOTS", 16)), help="shots per class")
-    parser.add_argument("--tag", default=os.environ.get("TAG", ""), help="config folder suffix (CFG_TAG)")
+    parser.add_argument("--protocol", choices=("base2new", "fewshot", "xd"), default="base2new",
+                        help="base2new (default), fewshot (all classes, K shots) or xd (cross-dataset and "
+                             "domain generalisation: DATASETS are the targets)")
+    parser.add_argument("--shots", default=None,
+                        help="shots per class (env SHOTS, default 16); fewshot: comma list or `all` (1,2,4,8,16)")
+    parser.add_argument("--tag", default=os.environ.get("TAG", ""),
+                        help="keeps a variant's runs apart: config folder suffix (base2new: CFG_TAG), or a "
+                             "sub-folder below the config folder (fewshot, xd)")
     parser.add_argument("--trainer-module", default=os.environ.get("TRAINER_MODULE", ""),
                         help="out-of-tree trainer file(s) or module(s), comma-separated")
     parser.add_argument("--gpus", default=None,
@@ -87,13 +103,16 @@ def parse_args(argv=None):
 
 
 def run_env(args):
-    """Environment of every run (base2new.sh reads these)."""
-    return {"DATA": args.data, "OUTPUT": args.output, "SHOTS": str(args.shots), "TAG": args.tag,
-            "TRAINER_MODULE": args.trainer_module, "PYTHON": sys.executable}
+    """Environment of every run (the protocol scripts read these; fewshot.sh takes its shots per run)."""
+    env = {"DATA": args.data, "OUTPUT": args.output, "TAG": args.tag, "TRAINER_MODULE": args.trainer_module,
+           "PYTHON": sys.executable}
+    if args.protocol != "fewshot" and args.shots is not None:
+        env["SHOTS"] = str(args.shots)
+    return env
 
 
 def command(run, opts):
-    return ["bash", BASE2NEW, run.method, run.dataset, str(run.seed), *([run.cfg_arg] if run.cfg_arg else []), *opts]
+    return run.command(opts)
 
 
 def visible_gpus():
@@ -107,10 +126,11 @@ def visible_gpus():
     return out.split()
 
 
-def queue_order(runs, shots=16):
-    """The launch order: plain runs, then runs with a runner (DPC, which reuse a backbone's run as
-    stage 1 and would wait on its lock if started beside it); largest datasets first in each group."""
-    return sorted(runs, key=lambda r: (bool(r.runner), -dataset_size(r.dataset, shots)))
+def queue_order(runs):
+    """The launch order by `stage`: plain runs, then DPC runs (which reuse a backbone's run as stage 1
+    and would wait on its lock if started beside it), then evaluations of finished sources; largest
+    datasets first in each group."""
+    return sorted(runs, key=lambda r: (r.stage, -r.size))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,8 +140,8 @@ DONE, RUNNING, FAILED, NOT_STARTED = "done", "running", "failed", "not started"
 
 
 def lock_path(run):
-    """The lock base2new.sh holds while the run is in progress (a hidden `.seedS.lock` beside it)."""
-    return os.path.join(os.path.dirname(run.train_dir), f".{os.path.basename(run.train_dir)}.lock")
+    """The lock the run's script holds while the run is in progress (a hidden `.<run folder>.lock` beside it)."""
+    return run.lock_file
 
 
 def is_locked(path):
@@ -150,9 +170,9 @@ def is_locked(path):
 
 
 def run_state(run):
-    """done: both phases have results.json; running: its lock is held (by this or another launch, or
-    a DPC run reusing it as stage 1); failed: started, not finished and not running (crashed or
-    interrupted; the next launch resumes it); not started: neither phase directory exists."""
+    """done: its results.json exist (base-to-new: both phases'); running: its lock is held (by this or
+    another launch, or a DPC run reusing it as stage 1); failed: started, not finished and not running
+    (crashed or interrupted; the next launch resumes it); not started: no run directory exists."""
     if run.done:
         return DONE
     if is_locked(lock_path(run)):
@@ -178,15 +198,14 @@ def print_status(runs):
     for state, label in ((RUNNING, "running"), (FAILED, "failed/interrupted")):
         for run, s in states:
             if s == state:
-                print(f"  {label}: {run.name} ({run.train_dir})")
+                print(f"  {label}: {run.name} ({run.run_dir})")
 
 
 # ----------------------------------------------------------------------------------------------
 # This machine
 # ----------------------------------------------------------------------------------------------
 def log_path(args, run):
-    name = f"{run.method}-{run.folder}-{run.dataset}-seed{run.seed}.log"
-    return os.path.join(args.output, "launch_logs", name.replace(os.sep, "_"))
+    return os.path.join(args.output, "launch_logs", run.log_name)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -244,8 +263,28 @@ def stop_process_groups(procs, grace=5.0):
 STOP_GRACE_S = 5.0  # SIGTERM -> SIGKILL delay when stopping the runs of an interrupted launch
 
 
+def unmet_needs(run):
+    """The run directories `run` waits for (a cross-dataset evaluation: its source) that are not finished."""
+    return [d for d in run.needs if not os.path.isfile(os.path.join(d, "results.json"))]
+
+
+def take_ready(pending, running):
+    """(The first pending run whose sources are finished, or None; the pending runs that can never start
+    because a source is unfinished and neither pending nor running: it failed, or is not in the grid).
+    Both are removed from `pending`."""
+    producing = {r.run_dir for r in pending} | {r.run_dir for r in running}
+    blocked = [r for r in pending if any(d not in producing for d in unmet_needs(r))]
+    for run in blocked:
+        pending.remove(run)
+    ready = next((r for r in pending if not unmet_needs(r)), None)
+    if ready is not None:
+        pending.remove(ready)
+    return ready, blocked
+
+
 def run_local(args, runs, grace=None):
-    """A queue over device slots (GPU ids, or CPU slots), in the given order; returns the failed runs.
+    """A queue over device slots (GPU ids, or CPU slots), in the given order, each run starting once the
+    runs it needs have finished; returns the failed runs (blocked ones included).
     Each run gets its own process group; on an interrupt (KeyboardInterrupt, or SIGTERM/SIGHUP with
     `install_signal_handlers`) the groups of the running ones are stopped before it propagates."""
     gpus = visible_gpus() if args.gpus is None else [g for g in args.gpus.split(",") if g not in ("", "none")]
@@ -260,8 +299,16 @@ def run_local(args, runs, grace=None):
     try:
         while pending or running:
             for slot in range(len(slots)):
-                if slot not in running and pending:
-                    run = pending.pop(0)
+                if slot in running or not pending:
+                    continue
+                run, blocked = take_ready(pending, [r for r, _, _ in running.values()])
+                for never in blocked:
+                    failed.append(never)
+                    finished += 1
+                    bar.write(f"FAILED (not started: its source {', '.join(unmet_needs(never))} did not finish): "
+                              f"{never.name}")
+                    bar.update(1)
+                if run is not None:
                     path = log_path(args, run)
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     log = open(path, "a")
@@ -312,12 +359,12 @@ def run_local(args, runs, grace=None):
 # ----------------------------------------------------------------------------------------------
 # Slurm
 # ----------------------------------------------------------------------------------------------
-def slurm_arrays(runs):
-    """The job arrays to submit, in order: [(name, runs)]. Runs with a runner (DPC) go into a second
-    array that waits for the first (`--dependency=afterany`), so that they find their backbone's
-    stage 1 finished instead of holding a GPU while they wait on its lock."""
-    plain, staged = [r for r in runs if not r.runner], [r for r in runs if r.runner]
-    return [(name, group) for name, group in (("base2new", plain), ("base2new-dpc", staged)) if group]
+def slurm_arrays(runs, protocol="base2new"):
+    """The job arrays to submit, in order: [(name, runs)], one per queue `stage`, each waiting for the
+    previous one (`--dependency=afterany`): DPC runs then find their backbone's stage 1 finished instead
+    of holding a GPU while they wait on its lock, and evaluations find their sources finished."""
+    stages = sorted({r.stage for r in runs})
+    return [(protocol + ARRAY_SUFFIXES[stage], [r for r in runs if r.stage == stage]) for stage in stages]
 
 
 def sbatch_script(args, runs, commands_file, name="base2new"):
@@ -357,7 +404,7 @@ def submit_slurm(args, runs):
     """One job array per `slurm_arrays` group, the DPC one depending on the plain one."""
     folder = os.path.join(args.output, "slurm")
     os.makedirs(folder, exist_ok=True)
-    arrays = slurm_arrays(runs)
+    arrays = slurm_arrays(runs, args.protocol)
     extra = dict(kv.split("=", 1) for kv in args.sbatch_arg)
     try:
         if args.dry_run:
@@ -378,10 +425,12 @@ def submit_slurm(args, runs):
             for script, commands_file, group in scripts:
                 print(f"# {script} ({len(group)} tasks; commands in {commands_file})")
                 print(open(script).read())
-            if len(scripts) > 1:  # the DPC array starts once the plain one has ended
+            if len(scripts) > 1:  # each array starts once the previous one has ended
                 print("# Submit with:")
                 print(f"#   JOB=$(sbatch --parsable {shlex.quote(scripts[0][0])} | cut -d\\; -f1)")
-                print(f"#   sbatch --dependency=afterany:$JOB {shlex.quote(scripts[1][0])}")
+                for script, _, _ in scripts[1:-1]:
+                    print(f"#   JOB=$(sbatch --parsable --dependency=afterany:$JOB {shlex.quote(script)} | cut -d\\; -f1)")
+                print(f"#   sbatch --dependency=afterany:$JOB {shlex.quote(scripts[-1][0])}")
             return
         print("submitit is not installed; submitting the plain sbatch script" + "s" * (len(scripts) > 1))
         job_id = None
@@ -411,17 +460,35 @@ def submit_slurm(args, runs):
     print("Re-run this command after a preemption: finished runs are skipped.")
 
 
+def build_grid(args):
+    """The runs of the chosen protocol (`args.shots` normalised: an int, or fewshot's comma list)."""
+    if args.protocol == "fewshot":
+        args.shots = args.shots or "all"
+        return protocol_grid("fewshot", args.methods, args.datasets, args.seeds, args.shots, args.output, args.tag)
+    try:
+        shots = args.shots or os.environ.get("SHOTS")
+        # base-to-new without a shot count: each method's own (16; PromptKD's unlabelled 0)
+        args.shots = int(shots) if shots else (16 if args.protocol == "xd" else None)
+    except ValueError:
+        raise GridError(f"--shots must be one number with --protocol {args.protocol} (got {args.shots!r})")
+    if args.protocol == "xd":
+        return protocol_grid("xd", args.methods, args.datasets, args.seeds, args.shots, args.output, args.tag,
+                             args.opts)
+    return grid(args.methods, args.datasets, args.seeds, args.output, args.shots, args.tag)
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
-        runs = grid(args.methods, args.datasets, args.seeds, args.output, args.shots, args.tag)
+        runs = build_grid(args)
     except GridError as err:
         sys.exit(f"launch.py: {err}")
     if args.status:
         print_status(runs)
         return 0
-    # Plain runs before DPC ones, largest datasets first, so the longest runs do not start last.
-    pending = queue_order([run for run in runs if not run.done], args.shots)
+    # Plain runs before DPC ones before evaluations, largest datasets first, so the longest runs do not
+    # start last.
+    pending = queue_order([run for run in runs if not run.done])
     print(f"{len(runs)} runs in the grid: {len(runs) - len(pending)} done, {len(pending)} to run")
     if not pending:
         return 0

@@ -1,14 +1,23 @@
-"""The base-to-new grid in one place: each method's paper config and launch hook, and the datasets.
+"""Every protocol's grid in one place: each method's configs per protocol, launch hooks, datasets.
 
 Read by `scripts/base2new.sh` (through `python scripts/methods.py resolve ...`), `scripts/sweep.sh`,
+`scripts/fewshot.sh` and `scripts/xd.sh` (through `... grid` and `... fewshot` / `... xd`),
 `scripts/launch.py` and `parse_results.py`, so output paths and defaults are computed once.
 Adding a method is one line in `METHODS`; a method that is not listed (an out-of-tree trainer)
 still runs when a config is given: a name under `configs/trainers/<METHOD>/` or a YAML path.
 
-Run layout (the CoCoOp base-to-new scripts, data_and_protocol.md §5.1):
+Run layouts (those of the official scripts):
+    base-to-new (CoCoOp's base2new scripts):
     <OUTPUT>/base2new/train_base/<dataset>/shots_<K>/<METHOD>/<CFG>[_<TAG>]/seed<S>/
     <OUTPUT>/base2new/test_new/<dataset>/shots_<K>/<METHOD>/<CFG>[_<TAG>]/seed<S>/
-A phase is done when its `results.json` exists (the trainer writes it atomically after testing).
+    few-shot, all classes (PromptSRC's few-shot layout):
+    <OUTPUT>/few_shot/<dataset>/<METHOD>/<CFG>_<K>shots[/<TAG>]/seed<S>/
+    cross-dataset and domain generalisation (CoCoOp's xd scripts): the ImageNet source and its targets
+    <OUTPUT>/imagenet/<METHOD>/<CFG>_<K>shots[/<TAG>]/seed<S>/
+    <OUTPUT>/evaluation/<METHOD>/<CFG>_<K>shots[/<TAG>]/<target>/seed<S>/
+    zero-shot CLIP in the all-class protocols (CoOp's zeroshot.sh; no seed, one run per dataset):
+    <OUTPUT>/ZeroshotCLIP/<CFG>/<dataset>/
+A run (or phase) is done when its `results.json` exists (the trainer writes it atomically after testing).
 """
 import argparse
 import os
@@ -16,12 +25,37 @@ import shlex
 import sys
 from dataclasses import dataclass
 
+import yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
+class Setting:
+    """A method's configs in one all-class protocol: few-shot, or cross-dataset transfer (whose
+    source model also gives the domain-generalisation numbers)."""
+    config: str = ""          # config name (under the method's config folder) or YAML path of every run
+    by_shots: tuple = ()      # few-shot configs by shot count: ((K_max, config), ...) ascending; the last also
+                              # covers larger K
+    imagenet_config: str = ""  # ImageNet's own config for every K ("" = as the other datasets)
+    opts: tuple = ()          # KEY VALUE opts of every run (DPC: stage 2 repeats the backbone's prompt settings)
+    dataset_opts: tuple = ()  # ((dataset stems, (KEY, VALUE, ...)), ...): extra opts on some datasets
+
+    def config_for(self, dataset, shots):
+        if dataset == "imagenet" and self.imagenet_config:
+            return self.imagenet_config
+        for max_shots, name in self.by_shots:
+            if int(shots) <= max_shots:
+                return name
+        return self.by_shots[-1][1] if self.by_shots else self.config
+
+    def opts_for(self, dataset):
+        return (*self.opts, *(o for stems, opts in self.dataset_opts if dataset in stems for o in opts))
+
+
+@dataclass(frozen=True)
 class Method:
-    """How the sweep runs one method (see the module docstring for the layout)."""
+    """How the sweeps run one method (see the module docstring for the layouts)."""
     config: str = ""           # paper config: a name under configs/trainers/<config_dir>/ or a YAML path
     imagenet_config: str = ""  # ImageNet's own config where the paper used one ("" = `config`)
     opts: tuple = ()           # KEY VALUE opts of the paper setting, given to every phase
@@ -29,6 +63,14 @@ class Method:
     eval_only: bool = False    # nothing to train: the base phase is an evaluation as well
     runner: tuple = ()         # a script (+ leading args) running the whole pipeline itself (below)
     label: str = ""            # name in result tables ("" = the method name)
+    fewshot: Setting = None    # few-shot protocol (None: no setting; `METHOD:CFG` still runs it)
+    xd: Setting = None         # cross-dataset / domain-generalisation source (None: as for few-shot)
+    shots: int = None          # base-to-new shots when the sweep names none (None: 16; PromptKD: 0, unlabelled)
+
+    @property
+    def backbone(self):
+        """The stage-1 method of a DPC entry ("" otherwise): its run of the same protocol comes first."""
+        return self.runner[1] if self.runner[:1] == (DPC_RUNNER,) and len(self.runner) > 1 else ""
 
 
 # A `runner` replaces the train-then-test pair for methods with more stages (DPC). It is called
@@ -38,36 +80,68 @@ class Method:
 # skipping finished phases like base2new.sh does.
 DPC_RUNNER = "scripts/dpc/base2new.sh"
 
+# Per-protocol settings: few-shot as recommended for each method (CoOp's own main.sh; KgCoOp's author's
+# 4-shot setting at every K; MaPLe's and the reconstructions' base-to-new configs; DGPrompt's 20 epochs
+# up to 4 shots), cross-dataset as the official xd scripts (CoOp: the CoCoOp paper's row; KgCoOp: the
+# author's DG run, which loaded epoch 25 of its 100-epoch config folder). DPC's stage 2 repeats the
+# backbone's prompt settings of the protocol (e.g. CoOp's 16 random few-shot tokens, MaPLe's depth 3).
+COOP_FEWSHOT = Setting(by_shots=((1, "vit_b16_ep50"), (4, "vit_b16_ep100"), (16, "vit_b16")),
+                       imagenet_config="vit_b16_ep50")
+KGCOOP_W = ("TRAINER.COOP.W", "8.0")
 METHODS = {
     # CoOp's zero-shot protocol: a CoOp config supplies transforms, precision and test batch.
-    "ZeroshotCLIP": Method("vit_b16", config_dir="CoOp", eval_only=True, label="CLIP (zero-shot)"),
+    "ZeroshotCLIP": Method("vit_b16", config_dir="CoOp", eval_only=True, label="CLIP (zero-shot)",
+                           fewshot=Setting("vit_b16"), xd=Setting("vit_b16")),
     # The CoCoOp paper's CoOp row: 4 ctx tokens from "a photo of a", 200 epochs (ImageNet 50).
-    "CoOp": Method("vit_b16_ctxv1", imagenet_config="vit_b16_ep50_ctxv1"),
+    "CoOp": Method("vit_b16_ctxv1", imagenet_config="vit_b16_ep50_ctxv1", fewshot=COOP_FEWSHOT,
+                   xd=Setting("vit_b16_ep50_ctxv1")),
     # KgCoOp's official base-to-new run: batch 128, 100 epochs, W = 8.0 on the command line.
-    "KgCoOp": Method("vit_b16_ep100_ctxv1", opts=("TRAINER.COOP.W", "8.0")),
-    "MaPLe": Method("vit_b16_c2_ep5_batch4_2ctx"),
-    # The PromptSRC repository's IVLP baseline and PromptSRC itself (20 epochs, 4+4 tokens, depth 9).
+    "KgCoOp": Method("vit_b16_ep100_ctxv1", opts=KGCOOP_W,
+                     fewshot=Setting("vit_b16_ep100_ctxv1", opts=(*KGCOOP_W, "DATALOADER.TRAIN_X.BATCH_SIZE", "32")),
+                     xd=Setting("vit_b16_ep100_ctxv1", opts=(*KGCOOP_W, "OPTIM.MAX_EPOCH", "25"))),
+    "MaPLe": Method("vit_b16_c2_ep5_batch4_2ctx", fewshot=Setting("vit_b16_c2_ep5_batch4_2ctx"),
+                    xd=Setting("vit_b16_c2_ep5_batch4_2ctx_cross_datasets")),
+    # The PromptSRC repository's IVLP baseline and PromptSRC itself (20 epochs, 4+4 tokens, depth 9);
+    # PromptSRC's few-shot config notes GPA 45/5 for five fine-grained datasets.
     "IVLP": Method("vit_b16_c2_ep20_batch4_4+4ctx"),
-    "PromptSRC": Method("vit_b16_c2_ep20_batch4_4+4ctx"),
-    # Distillation from a ViT-L/14 PromptSRC teacher (a prerequisite: teacher_model/<DATASET>/...).
-    "PromptKD": Method("vit_b16_c2_ep20_batch8_4+4ctx"),
+    "PromptSRC": Method("vit_b16_c2_ep20_batch4_4+4ctx",
+                        fewshot=Setting("vit_b16_c2_ep50_batch4_4+4ctx_few_shot", dataset_opts=(
+                            (("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"),
+                             ("TRAINER.PROMPTSRC.GPA_MEAN", "45", "TRAINER.PROMPTSRC.GPA_STD", "5")),)),
+                        xd=Setting("vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets")),
+    # Unlabelled distillation from a ViT-L/14 PromptSRC teacher (a prerequisite: teacher_model/<DATASET>/...)
+    # on every class's whole train split (shots_0); the official scripts pass KD_WEIGHT 1000.
+    "PromptKD": Method("vit_b16_c2_ep20_batch8_4+4ctx", opts=("TRAINER.PROMPTKD.KD_WEIGHT", "1000.0"), shots=0),
     # Reconstructions (spec decision 9): MaPLe-style schedules chosen in dpl.md §4 / dgprompt.md §4.
-    "DPL": Method("vit_b16_c2_ep5_batch4_4+4ctx", label="DPL (reconstructed)"),
-    "DGPrompt": Method("vit_b16_c2_ep10_batch4_4+4ctx", label="DGPrompt (reconstructed)"),
+    "DPL": Method("vit_b16_c2_ep5_batch4_4+4ctx", label="DPL (reconstructed)",
+                  fewshot=Setting("vit_b16_c2_ep5_batch4_4+4ctx"),
+                  xd=Setting("vit_b16_c2_ep2_batch4_4+4ctx_cross_datasets")),
+    "DGPrompt": Method("vit_b16_c2_ep10_batch4_4+4ctx", label="DGPrompt (reconstructed)",
+                       fewshot=Setting(by_shots=((4, "vit_b16_c2_ep20_batch4_4+4ctx"),
+                                                 (16, "vit_b16_c2_ep10_batch4_4+4ctx"))),
+                       xd=Setting("vit_b16_c2_ep2_batch4_4+4ctx_cross_datasets")),
     # DPC: stage 2 on top of the backbone's stage-1 run; the runner trains both (dpc.md §9).
-    "DPC_CoOp": Method("vit_b16_ep20", config_dir="DPC/CoOp", runner=(DPC_RUNNER, "CoOp"), label="CoOp + DPC"),
+    "DPC_CoOp": Method("vit_b16_ep20", config_dir="DPC/CoOp", runner=(DPC_RUNNER, "CoOp"), label="CoOp + DPC",
+                       fewshot=Setting("vit_b16_ep20", opts=("TRAINER.COOP.N_CTX", "16")),
+                       xd=Setting("vit_b16_ep20", opts=("TRAINER.COOP.CTX_INIT", "a photo of a"))),
     "DPC_KgCoOp": Method("vit_b16_ep20", config_dir="DPC/KgCoOp", runner=(DPC_RUNNER, "KgCoOp"),
-                         label="KgCoOp + DPC"),
-    "DPC_MaPLe": Method("vit_b16_ep20", config_dir="DPC/MaPLe", runner=(DPC_RUNNER, "MaPLe"), label="MaPLe + DPC"),
+                         label="KgCoOp + DPC", fewshot=Setting("vit_b16_ep20"), xd=Setting("vit_b16_ep20")),
+    "DPC_MaPLe": Method("vit_b16_ep20", config_dir="DPC/MaPLe", runner=(DPC_RUNNER, "MaPLe"), label="MaPLe + DPC",
+                        fewshot=Setting("vit_b16_ep20"),
+                        xd=Setting("vit_b16_ep20", opts=("TRAINER.MAPLE.PROMPT_DEPTH", "3"))),
     "DPC_IVLP": Method("vit_b16_ep20", config_dir="DPC/IVLP", runner=(DPC_RUNNER, "IVLP"), label="IVLP + DPC"),
     "DPC_PromptSRC": Method("vit_b16_ep20", config_dir="DPC/PromptSRC", runner=(DPC_RUNNER, "PromptSRC"),
-                            label="PromptSRC + DPC"),
-    "DPC_PromptKD": Method("vit_b16_c2_ep20_batch4_4+4ctx", config_dir="DPC/PromptKD", runner=(DPC_RUNNER, "PromptKD"),
-                           label="PromptKD + DPC"),
+                            label="PromptSRC + DPC", fewshot=Setting("vit_b16_ep20"),
+                            xd=Setting("vit_b16_ep20", opts=("TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", "3",
+                                                             "TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT", "3"))),
+    "DPC_PromptKD": Method("vit_b16_c2_ep20_batch4_4+4ctx", config_dir="DPC/PromptKD",
+                           runner=(DPC_RUNNER, "PromptKD"), label="PromptKD + DPC"),
     "DPC_DPL": Method("vit_b16_ep20", config_dir="DPC/DPL", runner=(DPC_RUNNER, "DPL"),
-                      label="DPL (reconstructed) + DPC"),
+                      label="DPL (reconstructed) + DPC", fewshot=Setting("vit_b16_ep20"),
+                      xd=Setting("vit_b16_ep20", opts=("TRAINER.DPL.DEPTH_V", "3", "TRAINER.DPL.DEPTH_T", "3"))),
     "DPC_DGPrompt": Method("vit_b16_ep20", config_dir="DPC/DGPrompt", runner=(DPC_RUNNER, "DGPrompt"),
-                           label="DGPrompt (reconstructed) + DPC"),
+                           label="DGPrompt (reconstructed) + DPC", fewshot=Setting("vit_b16_ep20"),
+                           xd=Setting("vit_b16_ep20", opts=("TRAINER.DGPROMPT.DEPTH", "3"))),
 }
 
 # The 11 base-to-new datasets in the papers' table order: config stem -> (table name, classes,
@@ -86,6 +160,17 @@ DATASETS = {
     "ucf101": ("UCF101", 101, 3783),
 }
 SEEDS = (1, 2, 3)
+# The ImageNet variants (test only), targets of domain generalisation; sizes as above.
+VARIANTS = {
+    "imagenetv2": ("ImageNet-V2", 1000, 10000),
+    "imagenet_sketch": ("ImageNet-Sketch", 1000, 50889),
+    "imagenet_a": ("ImageNet-A", 200, 7500),
+    "imagenet_r": ("ImageNet-R", 200, 30000),
+}
+XD_SOURCE = "imagenet"
+XD_TARGETS = tuple(d for d in DATASETS if d != XD_SOURCE)  # cross-dataset transfer
+DG_TARGETS = tuple(VARIANTS)                              # domain generalisation
+FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
 
 
 def dataset_size(dataset, shots=16):
@@ -118,6 +203,7 @@ class Run:
     runner: tuple
     train_dir: str
     test_dir: str
+    shots: int = 16
 
     @property
     def done(self):
@@ -131,14 +217,47 @@ class Run:
     def name(self):
         return f"{self.method}/{self.folder} {self.dataset} seed{self.seed}"
 
+    @property
+    def size(self):
+        """Images the run touches once (orders the launcher's queue, largest first)."""
+        return dataset_size(self.dataset, self.shots)
+
+    # The job interface scripts/launch.py uses for every protocol's runs.
+    @property
+    def run_dir(self):
+        return self.train_dir
+
+    @property
+    def lock_file(self):
+        """The lock base2new.sh holds while the run is in progress (a hidden `.seedS.lock` beside it)."""
+        return os.path.join(os.path.dirname(self.train_dir), f".{os.path.basename(self.train_dir)}.lock")
+
+    @property
+    def stage(self):
+        """Launch order: 0 plain runs, 1 runs with a runner (DPC, which reuse a plain run as stage 1)."""
+        return int(bool(self.runner))
+
+    needs = ()  # run directories that must be finished first
+
+    @property
+    def log_name(self):
+        return f"{self.method}-{self.folder}-{self.dataset}-seed{self.seed}.log".replace(os.sep, "_")
+
+    def command(self, opts=()):
+        return ["bash", os.path.join(REPO, "scripts", "base2new.sh"), self.method, self.dataset, str(self.seed),
+                *([self.cfg_arg] if self.cfg_arg else []), *opts]
+
 
 class GridError(ValueError):
     pass
 
 
-def resolve(method, dataset, seed, cfg="", output="output", shots=16, tag=""):
-    """The run for `method` on `dataset` with `seed`; `cfg` overrides the paper config."""
+def resolve(method, dataset, seed, cfg="", output="output", shots=None, tag=""):
+    """The run for `method` on `dataset` with `seed`; `cfg` overrides the paper config, `shots` the
+    method's shot count (its `Method.shots`, else 16)."""
     entry = METHODS.get(method, Method())
+    if shots in (None, ""):
+        shots = 16 if entry.shots is None else entry.shots
     name = cfg or (entry.imagenet_config if dataset == "imagenet" and entry.imagenet_config else entry.config)
     if not name:
         known = ", ".join(m for m, e in METHODS.items() if e.config)
@@ -156,16 +275,21 @@ def resolve(method, dataset, seed, cfg="", output="output", shots=16, tag=""):
     dirs = [os.path.join(output, "base2new", phase, dataset, f"shots_{shots}", method, folder, f"seed{seed}")
             for phase in ("train_base", "test_new")]
     return Run(method, cfg, name, folder, config_file, dataset, int(seed), entry.opts, entry.eval_only, entry.runner,
-               *dirs)
+               *dirs, shots=int(shots))
 
 
 def split_list(text, kind):
-    """A comma list, or `all`: every method whose paper config exists / the 11 datasets / seeds 1-3."""
+    """A comma list, or `all`: every method whose paper config exists / the 11 datasets / seeds 1-3 /
+    shots 1,2,4,8,16 / the 14 cross-dataset and domain-generalisation targets (also `xd`: the 10 datasets,
+    `dg`: the 4 ImageNet variants, `none`)."""
+    if kind == "targets" and text in ("xd", "dg", "none"):
+        return list({"xd": XD_TARGETS, "dg": DG_TARGETS, "none": ()}[text])
     if text != "all":
         return [item for item in text.split(",") if item]
     if kind == "methods":
         return [m for m, e in METHODS.items() if e.config and os.path.isfile(default_config_file(m, e))]
-    return list(DATASETS) if kind == "datasets" else [str(s) for s in SEEDS]
+    return {"datasets": list(DATASETS), "seeds": [str(s) for s in SEEDS], "shots": [str(k) for k in FEWSHOT_SHOTS],
+            "targets": [*XD_TARGETS, *DG_TARGETS]}[kind]
 
 
 def parse_method(spec):
@@ -174,11 +298,200 @@ def parse_method(spec):
     return method, cfg
 
 
-def grid(methods, datasets, seeds, output="output", shots=16, tag=""):
-    """Every run of a sweep; `methods` items may carry a config as `METHOD:CFG`."""
+def grid(methods, datasets, seeds, output="output", shots=None, tag=""):
+    """Every run of a sweep; `methods` items may carry a config as `METHOD:CFG`; shots None: each method's."""
     return [resolve(method, dataset, seed, cfg, output, shots, tag)
             for method, cfg in map(parse_method, split_list(methods, "methods"))
             for dataset in split_list(datasets, "datasets") for seed in split_list(seeds, "seeds")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Few-shot and cross-dataset protocols
+# ----------------------------------------------------------------------------------------------
+def protocol_methods(text, protocol):
+    """`all`: every method with a setting for `protocol` (its config files present); else as `split_list`."""
+    if text != "all":
+        return split_list(text, "methods")
+    return [m for m, e in METHODS.items() if getattr(e, protocol) is not None
+            and all(os.path.isfile(config_path(m, e, name)[1]) for name in setting_configs(getattr(e, protocol)))]
+
+
+def setting_configs(setting):
+    return {setting.config, setting.imagenet_config, *(name for _, name in setting.by_shots)} - {""}
+
+
+def config_path(method, entry, name):
+    """(config name, absolute YAML path) of a config name under the method's folder, or of a YAML path."""
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        return os.path.splitext(os.path.basename(name))[0], os.path.abspath(name)
+    return name, os.path.join(REPO, "configs", "trainers", entry.config_dir or method, f"{name}.yaml")
+
+
+def zero_shot_dir(output, config, dataset):
+    return os.path.join(output, "ZeroshotCLIP", config, dataset)
+
+
+def class_specific_context(config_file, opts):
+    """Whether CoOp's class-specific context (`TRAINER.COOP.CSC`) is on, from the YAML and KEY VALUE opts."""
+    with open(config_file) as f:
+        value = (((yaml.safe_load(f) or {}).get("TRAINER") or {}).get("COOP") or {}).get("CSC", False)
+    for key, item in zip(opts[0::2], opts[1::2]):
+        if key == "TRAINER.COOP.CSC":
+            value = item
+    return str(value).strip().lower() == "true"
+
+
+@dataclass(frozen=True)
+class ProtocolRun:
+    """One job of the few-shot or cross-dataset protocol: a training run (a few-shot run or the
+    cross-dataset source; for zero-shot CLIP, its evaluation on that dataset) or the evaluation of a
+    source model on a cross-dataset / domain-generalisation target. Done = `results.json` exists."""
+    protocol: str      # fewshot | xd
+    method: str
+    cfg_arg: str       # the CFG given by the user ("" = the method's protocol config)
+    config: str        # the config name
+    config_file: str
+    folder: str        # `<CFG>_<K>shots` (zero-shot CLIP: `<CFG>`)
+    dataset: str       # the dataset trained on, or the target evaluated
+    shots: int
+    seed: int
+    opts: tuple        # the method's protocol opts
+    eval_only: bool    # zero-shot CLIP
+    run_dir: str
+    source_dir: str = ""  # a target's source run ("" for zero-shot CLIP and training runs)
+    backbone: str = ""    # DPC: the stage-1 method, whose run of the same protocol is `stage1_dir`
+    stage1_dir: str = ""
+    tag: str = ""
+
+    @property
+    def is_target(self):
+        return self.protocol == "xd" and self.dataset != XD_SOURCE
+
+    @property
+    def done(self):
+        return os.path.isfile(os.path.join(self.run_dir, "results.json"))
+
+    @property
+    def started(self):
+        return os.path.exists(self.run_dir)
+
+    @property
+    def name(self):
+        if self.eval_only:
+            return f"{self.method}/{self.folder} {self.dataset}"
+        where = f"{XD_SOURCE} -> {self.dataset}" if self.is_target else self.dataset
+        return f"{self.protocol} {self.method}/{self.folder}{'/' + self.tag if self.tag else ''} {where} seed{self.seed}"
+
+    @property
+    def lock_file(self):
+        return os.path.join(os.path.dirname(self.run_dir), f".{os.path.basename(self.run_dir)}.lock")
+
+    @property
+    def stage(self):
+        """Launch order: 0 plain runs, 1 DPC runs (stage 1 first), 2 target evaluations (source first)."""
+        return 2 if self.source_dir else int(bool(self.backbone))
+
+    @property
+    def needs(self):
+        return (self.source_dir,) if self.source_dir else ()
+
+    @property
+    def size(self):
+        """Images the job touches once: its train set (if it trains) and its test set."""
+        _, n_cls, n_test = {**DATASETS, **VARIANTS}.get(self.dataset, (self.dataset, 0, 0))
+        return n_test + (0 if self.eval_only or self.is_target else self.shots * n_cls)
+
+    @property
+    def log_name(self):
+        parts = [self.protocol, self.method, self.folder, *([self.tag] if self.tag else []), self.dataset,
+                 *([] if self.eval_only else [f"seed{self.seed}"])]
+        return "-".join(parts).replace(os.sep, "_") + ".log"
+
+    def command(self, opts=()):
+        spec = f"{self.method}:{self.cfg_arg}" if self.cfg_arg else self.method
+        if self.protocol == "fewshot":
+            return ["bash", os.path.join(REPO, "scripts", "fewshot.sh"), spec, self.dataset, str(self.seed),
+                    str(self.shots), *opts]
+        if not self.is_target:
+            return ["bash", os.path.join(REPO, "scripts", "xd.sh"), spec, str(self.seed), "none", *opts]
+        # the source is finished when a target starts; PHASE=test never trains it
+        return ["env", "PHASE=test", "bash", os.path.join(REPO, "scripts", "xd.sh"), spec, str(self.seed),
+                self.dataset, *opts]
+
+
+def _protocol_config(method, protocol, dataset, shots, cfg):
+    entry = METHODS.get(method, Method())
+    setting = getattr(entry, protocol) or Setting()
+    name = cfg or setting.config_for(dataset, shots)
+    if not name:
+        known = ", ".join(m for m, e in METHODS.items() if getattr(e, protocol) is not None)
+        raise GridError(f"No {protocol} config for method '{method}': pass METHOD:CFG, a config name or YAML "
+                        f"path (methods with one: {known})")
+    name, config_file = config_path(method, entry, name)
+    if not os.path.isfile(config_file):
+        raise GridError(f"Config file not found: {config_file}")
+    return entry, setting, name, config_file
+
+
+def resolve_fewshot(method, dataset, shots, seed, cfg="", output="output", tag=""):
+    """The few-shot run of `method` on all classes of `dataset` with `shots` per class and `seed`."""
+    if not os.path.isfile(os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")):
+        raise GridError(f"Unknown dataset '{dataset}' (no configs/datasets/{dataset}.yaml)")
+    shots, seed = int(shots), int(seed)
+    entry, setting, name, config_file = _protocol_config(method, "fewshot", dataset, shots, cfg)
+    if entry.eval_only:
+        return ProtocolRun("fewshot", method, cfg, name, config_file, name, dataset, shots, seed,
+                           setting.opts_for(dataset), True, zero_shot_dir(output, name, dataset))
+    folder = f"{name}_{shots}shots"
+    run_dir = os.path.join(output, "few_shot", dataset, method, folder, *([tag] if tag else []), f"seed{seed}")
+    stage1 = resolve_fewshot(entry.backbone, dataset, shots, seed, "", output).run_dir if entry.backbone else ""
+    return ProtocolRun("fewshot", method, cfg, name, config_file, folder, dataset, shots, seed,
+                       setting.opts_for(dataset), False, run_dir, "", entry.backbone, stage1, tag)
+
+
+def resolve_xd(method, seed, target="", cfg="", output="output", shots=16, tag="", user_opts=()):
+    """The cross-dataset source run of `method` and `seed` (ImageNet, all classes, `shots` per class), or,
+    with `target`, the evaluation of that source's model on `target`. A class-specific context is refused:
+    it holds one context per ImageNet class and fits no other class list."""
+    target = target or XD_SOURCE
+    if not os.path.isfile(os.path.join(REPO, "configs", "datasets", f"{target}.yaml")):
+        raise GridError(f"Unknown target '{target}' (no configs/datasets/{target}.yaml)")
+    shots, seed = int(shots), int(seed)
+    entry, setting, name, config_file = _protocol_config(method, "xd", XD_SOURCE, shots, cfg)
+    opts = setting.opts_for(XD_SOURCE)  # a target loads the source's model: the source's settings
+    if not entry.eval_only and class_specific_context(config_file, (*opts, *user_opts)):
+        raise GridError(f"{method} ({config_file}): a class-specific context (TRAINER.COOP.CSC True) has one context "
+                        "per ImageNet class and cannot be evaluated on other datasets' classes; cross-dataset "
+                        "transfer needs a unified context (TRAINER.COOP.CSC False)")
+    if entry.eval_only:
+        return ProtocolRun("xd", method, cfg, name, config_file, name, target, shots, seed, opts, True,
+                           zero_shot_dir(output, name, target))
+    folder = f"{name}_{shots}shots"
+    variant = [tag] if tag else []
+    source_dir = os.path.join(output, XD_SOURCE, method, folder, *variant, f"seed{seed}")
+    run_dir = source_dir if target == XD_SOURCE else os.path.join(output, "evaluation", method, folder, *variant,
+                                                                   target, f"seed{seed}")
+    stage1 = resolve_xd(entry.backbone, seed, "", "", output, shots, "", user_opts).run_dir if entry.backbone else ""
+    return ProtocolRun("xd", method, cfg, name, config_file, folder, target, shots, seed, opts, False, run_dir,
+                       source_dir if target != XD_SOURCE else "", entry.backbone, stage1, tag)
+
+
+def protocol_grid(protocol, methods, datasets, seeds, shots=None, output="output", tag="", opts=()):
+    """Every job of a few-shot grid (methods x datasets x shots x seeds) or of a cross-dataset grid (per
+    method and seed: the source, then its evaluation on each target in `datasets`), in that order, each
+    zero-shot CLIP evaluation once. Errors (unknown names, a class-specific context) come before any work."""
+    datasets = split_list(datasets, "datasets" if protocol == "fewshot" else "targets")
+    seeds = split_list(seeds, "seeds")
+    runs = {}
+    for method, cfg in map(parse_method, protocol_methods(methods, protocol)):
+        if protocol == "fewshot":
+            jobs = [resolve_fewshot(method, d, k, s, cfg, output, tag)
+                    for d in datasets for k in split_list(shots or "all", "shots") for s in seeds]
+        else:
+            jobs = [resolve_xd(method, s, t, cfg, output, shots or 16, tag, opts) for s in seeds for t in ["", *datasets]]
+        for job in jobs:
+            runs.setdefault(job.run_dir, job)
+    return list(runs.values())
 
 
 def _shell(args):
@@ -186,11 +499,12 @@ def _shell(args):
     env = os.environ
     try:
         run = resolve(args.method, args.dataset, args.seed, args.cfg, env.get("OUTPUT", "output"),
-                      env.get("SHOTS", "16"), env.get("TAG", ""))
+                      env.get("SHOTS"), env.get("TAG", ""))
     except GridError as err:
         sys.exit(f"base2new.sh: {err}")
     q = shlex.quote
     print(f"CFG_NAME={q(run.config)}")
+    print(f"SHOTS={q(str(run.shots))}")
     print(f"CONFIG_FILE={q(run.config_file)}")
     print(f"TRAIN_DIR={q(run.train_dir)}")
     print(f"TEST_DIR={q(run.test_dir)}")
@@ -199,20 +513,89 @@ def _shell(args):
     print(f"RUNNER=({' '.join(q(os.path.join(REPO, run.runner[0])) if i == 0 else q(a) for i, a in enumerate(run.runner))})")
 
 
+def _protocol_shell(args):
+    """One few-shot or cross-dataset job as shell assignments for fewshot.sh / xd.sh (OUTPUT, SHOTS, TAG
+    from the environment)."""
+    env = os.environ
+    output, tag = env.get("OUTPUT", "output"), env.get("TAG", "")
+    targets = []
+    try:
+        if args.command == "fewshot":
+            run = resolve_fewshot(args.method, args.dataset, args.shots, args.seed, args.cfg, output, tag)
+        else:
+            targets = [resolve_xd(args.method, args.seed, t, args.cfg, output, env.get("SHOTS", "16"), tag, args.opts)
+                       for t in args.target.split(",") if t not in ("", "none")]
+            run = targets[0] if targets else resolve_xd(args.method, args.seed, "", args.cfg, output,
+                                                        env.get("SHOTS", "16"), tag, args.opts)
+    except GridError as err:
+        sys.exit(f"{args.command}: {err}")
+    q = shlex.quote
+    for key, value in (("CFG_NAME", run.config), ("CONFIG_FILE", run.config_file), ("RUN_DIR", run.run_dir),
+                       ("DATASET", run.dataset), ("SOURCE_DIR", run.source_dir), ("EVAL_ONLY", int(run.eval_only)),
+                       ("BACKBONE", run.backbone), ("STAGE1_DIR", run.stage1_dir), ("RUN_NAME", run.name)):
+        print(f"{key}={q(str(value))}")
+    print(f"METHOD_OPTS=({' '.join(map(q, run.opts))})")
+    if args.command == "xd":  # each target and its run directory
+        print(f"TARGET_LIST=({' '.join(q(t.dataset) for t in targets)})")
+        print(f"RUN_DIRS=({' '.join(q(t.run_dir) for t in targets)})")
+
+
+def _grid_lines(args):
+    """A protocol grid, one job per line, fields separated by tabs: METHOD CFG DATASET SHOTS SEED
+    (few-shot) or METHOD CFG SEED TARGET (cross-dataset; `none` for the source); CFG `-` = the method's."""
+    env = os.environ
+    try:
+        runs = protocol_grid(args.protocol, args.methods, args.datasets, args.seeds, args.shots or None,
+                             env.get("OUTPUT", "output"), env.get("TAG", ""), args.opts)
+    except GridError as err:
+        sys.exit(f"{args.protocol}: {err}")
+    for run in runs:
+        if args.protocol == "fewshot":
+            fields = (run.method, run.cfg_arg or "-", run.dataset, run.shots, run.seed)
+        else:
+            fields = (run.method, run.cfg_arg or "-", run.seed, run.dataset if run.is_target else "none")
+        print("\t".join(map(str, fields)))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Method table queries for the shell scripts.")
     sub = parser.add_subparsers(dest="command", required=True)
-    res = sub.add_parser("resolve", help="shell assignments for one run (OUTPUT, SHOTS, TAG from the env)")
+    res = sub.add_parser("resolve", help="shell assignments for one base-to-new run (OUTPUT, SHOTS, TAG from the env)")
     res.add_argument("method")
     res.add_argument("dataset")
     res.add_argument("seed")
     res.add_argument("cfg", nargs="?", default="")
     lst = sub.add_parser("list", help="expand a comma list or `all`, one item per line")
-    lst.add_argument("kind", choices=("methods", "datasets", "seeds"))
+    lst.add_argument("kind", choices=("methods", "datasets", "seeds", "shots", "targets"))
     lst.add_argument("items")
+    few = sub.add_parser("fewshot", help="shell assignments for one few-shot run (OUTPUT, TAG from the env)")
+    few.add_argument("method")
+    few.add_argument("dataset")
+    few.add_argument("shots")
+    few.add_argument("seed")
+    xd = sub.add_parser("xd", help="shell assignments for a cross-dataset source (TARGET none) or its targets "
+                                   "(a comma list: TARGET_LIST, RUN_DIRS)")
+    xd.add_argument("method")
+    xd.add_argument("seed")
+    xd.add_argument("target")
+    for command in (few, xd):
+        command.add_argument("--cfg", default="", help="config name or YAML path (default: the method's)")
+    xd.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE options of the runs")
+    grd = sub.add_parser("grid", help="a protocol's jobs, one per line (fewshot: METHODS DATASETS SEEDS; xd: "
+                                      "METHODS TARGETS SEEDS)")
+    grd.add_argument("protocol", choices=("fewshot", "xd"))
+    grd.add_argument("methods")
+    grd.add_argument("datasets")
+    grd.add_argument("seeds")
+    grd.add_argument("--shots", default="", help="few-shot: comma list or `all`; xd: the source's shots")
+    grd.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE options of the runs")
     args = parser.parse_args(argv)
     if args.command == "resolve":
         _shell(args)
+    elif args.command in ("fewshot", "xd"):
+        _protocol_shell(args)
+    elif args.command == "grid":
+        _grid_lines(args)
     else:
         print("\n".join(split_list(args.items, args.kind)))
 

@@ -20,6 +20,7 @@ import random
 
 import torch
 import torch.nn.functional as F
+import yaml
 from yacs.config import CfgNode as CN
 
 from engine.checkpoint import CHECKPOINT_PREFIX, checkpoint_epochs, load_checkpoint
@@ -53,6 +54,7 @@ def add_dpc_config(cfg):
     cfg.TRAINER.DPC.WRITE_PIC_LIB = ""             # folder to write the library to as SPLE_<DATASET>.json
     cfg.TRAINER.DPC.ADD_BACKBONE_LOSS = False      # add the backbone's own training loss on the batch to L_CL
     cfg.TRAINER.DPC.CLONE_DEEP_PROMPTS = False     # DPC_PromptKD: clone the deep prompts (released: fresh random)
+    cfg.TRAINER.DPC.ALL_CLASSES_PROMPT = "reference"  # SUBSAMPLE all, loaded model: reference (name rule) | by_source
 
 
 def _converse_only(value):
@@ -87,7 +89,8 @@ add_key_aliases({
 })
 
 _CHOICES = {"BASE_PROMPT": ("trained", "mixed"), "PARAMETERIZATION": ("released", "frozen_p"),
-            "FALLBACK": ("reference", "fixed"), "LIBRARY_SOURCE": ("full_train", "fewshot")}
+            "FALLBACK": ("reference", "fixed"), "LIBRARY_SOURCE": ("full_train", "fewshot"),
+            "ALL_CLASSES_PROMPT": ("reference", "by_source")}
 
 
 # ----------------------------------------------------------------------------------
@@ -209,6 +212,20 @@ class HardNegativeSampler:
         return torch.cat(groups), torch.tensor(targets, dtype=labels.dtype, device=labels.device)
 
 
+def training_dataset_name(run_dir):
+    """`DATASET.NAME` of the run that wrote `run_dir`, from the `config.yaml` our trainer saves there."""
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"TRAINER.DPC.ALL_CLASSES_PROMPT by_source needs the training run's config.yaml: {path} is missing "
+            "(a run of the official code has none). Use ALL_CLASSES_PROMPT reference for such a run.")
+    with open(path) as f:
+        name = (yaml.safe_load(f) or {}).get("DATASET", {}).get("NAME")
+    if not name:
+        raise ValueError(f"{path} has no DATASET.NAME")
+    return name
+
+
 def contrastive_loss(logits):
     """L_CL = ½[CE(Λ, arange N) + CE(Λᵀ, arange N)] (spec §6): sample i's positive is column i."""
     targets = torch.arange(logits.shape[0], device=logits.device)
@@ -261,9 +278,9 @@ class DPCMixin:
         return self.dm.tfm_train
 
     def evaluates_base_classes(self):
-        """Base-class runs (`SUBSAMPLE base`; `all` on ImageNet, as the reference) get the base prompt."""
+        """Base-class runs (`SUBSAMPLE base`; `all` as `all_classes_are_base` says) get the base prompt."""
         subsample = self.cfg.DATASET.SUBSAMPLE_CLASSES
-        return subsample == "base" or (subsample == "all" and self.cfg.DATASET.NAME == "ImageNet")
+        return subsample == "base" or (subsample == "all" and self.all_classes_are_base())
 
     def __init__(self, cfg):
         self.dpc_cfg = opts = cfg.TRAINER.DPC
@@ -341,8 +358,8 @@ class DPCMixin:
     def inference_prompts(self):
         """The base or the new prompt for this run's classes.
 
-        Base classes (`SUBSAMPLE base`; `all` on ImageNet, as the reference): Q (`trained`) or
-        ω_b·Q + (1 − ω_b)·P (`mixed`). New classes (`new`; `all` elsewhere): ω_n·Q + (1 − ω_n)·P,
+        Base classes (`SUBSAMPLE base`; `all` as `all_classes_are_base` says): Q (`trained`) or
+        ω_b·Q + (1 − ω_b)·P (`mixed`). New classes (`new`; the other `all` runs): ω_n·Q + (1 − ω_n)·P,
         which is P exactly at ω_n = 0. With `released`, Q is taken as θ itself: the conversion is
         the identity up to rounding, which evaluation skips.
         """
@@ -357,6 +374,29 @@ class DPCMixin:
         else:
             weight = self.dpc_cfg.WEIGHT_NEW
         return {name: weight * q + (1 - weight) * self.pretuned[name] for name, q in trained.items()}
+
+    def all_classes_are_base(self):
+        """With `SUBSAMPLE all`: whether this run's classes get the base prompt.
+
+        Reference behaviour: the rule lives in the released `load_model`, so a model in memory
+        (the end-of-training test, validation) always uses θ, and a loaded checkpoint (an
+        `--eval-only` run, or `best_val`'s reload) uses θ only when `DATASET.NAME` is "ImageNet":
+        cross-dataset targets and ImageNet variants get the new-class rule, and so does an
+        eval-only re-test of a few-shot model on its own dataset. `by_source` gives a loaded
+        checkpoint θ exactly when it is evaluated on the dataset it was trained on (read from the
+        `config.yaml` of its run directory).
+        """
+        model_dir = getattr(self, "loaded_model_dir", None)
+        if model_dir is None:
+            return True
+        if self.dpc_cfg.ALL_CLASSES_PROMPT == "reference":
+            return self.cfg.DATASET.NAME == "ImageNet"
+        return self.cfg.DATASET.NAME == training_dataset_name(model_dir)
+
+    def load_model(self, directory, epoch=None):
+        super().load_model(directory, epoch)
+        if directory:
+            self.loaded_model_dir = directory
 
     def test(self, split=None, write_results=True):
         with substituted_parameters(self.model, self.inference_prompts()):

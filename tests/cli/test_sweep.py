@@ -223,7 +223,7 @@ def test_slurm_dry_run_writes_an_array_of_the_pending_runs(tmp_path, data_root, 
 def test_queue_puts_dpc_runs_after_all_plain_runs_longest_first(tmp_path):
     runs = run_grid("DPC_CoOp,CoOp,DPC_MaPLe,MaPLe,ZeroshotCLIP", "eurosat,imagenet,dtd,caltech101", "1,2",
                     str(tmp_path))
-    queue = launcher.queue_order(runs, shots=16)
+    queue = launcher.queue_order(runs)
     assert sorted(map(id, queue)) == sorted(map(id, runs))
     staged = [bool(r.runner) for r in queue]
     assert staged == sorted(staged) and staged.count(True) == 16  # every DPC run after every plain one

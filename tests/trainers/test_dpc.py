@@ -350,17 +350,40 @@ def test_base_prompt_is_the_trained_tensor_or_the_mixed_one(make_dpc, stage1):
                                0.2 * theta + 0.8 * stage1_ctx(stage1))
 
 
-def test_all_classes_get_the_new_prompt_except_on_imagenet(make_dpc, stage1):
-    """Reference behaviour (dpc.md §12 #16), for cross-dataset evaluation."""
-    trainer = make_dpc()
-    perturb(trainer)
+def with_dataset_name(trainer, name):
     cfg = trainer.cfg.clone()
     cfg.defrost()
-    cfg.DATASET.SUBSAMPLE_CLASSES = "all"
+    cfg.DATASET.NAME = name
     trainer.cfg = cfg
-    assert torch.equal(trainer.inference_prompts()["prompt_learner.ctx"], stage1_ctx(stage1))
-    cfg.DATASET.NAME = "ImageNet"
-    assert torch.equal(trainer.inference_prompts()["prompt_learner.ctx"], trainer.model.prompt_learner.ctx.detach())
+    return trainer
+
+
+def test_all_classes_prompt_follows_the_released_load_rule_or_the_source(make_dpc, stage1, tmp_path):
+    """SUBSAMPLE all (few-shot, cross-dataset): θ for the model in memory (the end-of-training test);
+    after loading a checkpoint, θ only on "ImageNet" (reference) or only on the training dataset
+    (by_source), else the new-class rule, which is P at ω_n = 0."""
+    trained = make_dpc(subsample="all")
+    perturb(trained)
+    theta, p = trained.model.prompt_learner.ctx.detach().clone(), stage1_ctx(stage1)
+    prompt = lambda trainer: trainer.inference_prompts()["prompt_learner.ctx"]  # noqa: E731
+    run = tmp_path / "stage2_run"  # θ, saved as a stage-2 run on Caltech101 saves it
+    trained.output_dir = str(run)
+    trained.save_model(0)
+    (run / "config.yaml").write_text(trained.cfg.dump())
+    assert torch.equal(prompt(trained), theta)
+    assert torch.equal(prompt(with_dataset_name(trained, "ImageNet")), theta)
+
+    for mode, evaluated_on, expected in (("reference", "Caltech101", p), ("reference", "ImageNet", theta),
+                                         ("by_source", "Caltech101", theta), ("by_source", "ImageNet", p)):
+        evaluator = make_dpc("TRAINER.DPC.ALL_CLASSES_PROMPT", mode, subsample="all")
+        evaluator.load_model(str(run), epoch=1)
+        assert torch.equal(prompt(with_dataset_name(evaluator, evaluated_on)), expected), (mode, evaluated_on)
+
+    os.remove(run / "config.yaml")  # e.g. a run of the official code
+    with pytest.raises(FileNotFoundError, match="by_source needs the training run's config.yaml"):
+        prompt(evaluator)
+    with pytest.raises(ValueError, match="ALL_CLASSES_PROMPT must be one of reference, by_source"):
+        make_dpc("TRAINER.DPC.ALL_CLASSES_PROMPT", "target")
 
 
 def test_query_ranks_with_the_frozen_stage1_prompt(make_dpc, data_root, tiny_clip_path, tiny_opts, stage1, tmp_path):
