@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from engine.errors import ConfigError, UserError
 from engine.io import atomic_write_json
 from engine.registry import DATASETS
 
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset file or folder is missing or unreadable; the message says how to fix it."""
 
 
@@ -192,7 +193,7 @@ def subsample_classes(*args, subsample="all"):
     selection applies to every list passed.
     """
     if subsample not in ("all", "base", "new"):
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new, got {subsample!r}")
+        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new, got {subsample!r}")
     if subsample == "all":
         return args
     labels = sorted({item.label for item in args[0]})
@@ -408,12 +409,12 @@ def build_transform(cfg, is_train):
     choices = list(cfg.INPUT.TRANSFORMS)
     for name in choices:
         if name in DASSL_ONLY_TRANSFORMS:
-            raise ValueError(f"INPUT.TRANSFORMS '{name}' is a Dassl transform this benchmark does not implement; "
+            raise ConfigError(f"INPUT.TRANSFORMS '{name}' is a Dassl transform this benchmark does not implement; "
                              f"supported: {', '.join(SUPPORTED_TRANSFORMS)}")
         if name not in SUPPORTED_TRANSFORMS:
-            raise ValueError(f"Unknown INPUT.TRANSFORMS entry '{name}'; supported: {', '.join(SUPPORTED_TRANSFORMS)}")
+            raise ConfigError(f"Unknown INPUT.TRANSFORMS entry '{name}'; supported: {', '.join(SUPPORTED_TRANSFORMS)}")
     if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise ValueError(f"INPUT.INTERPOLATION must be one of {list(INTERPOLATION_MODES)}")
+        raise ConfigError(f"INPUT.INTERPOLATION must be one of {list(INTERPOLATION_MODES)}")
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
     size = tuple(cfg.INPUT.SIZE)
     normalize = T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
@@ -480,7 +481,7 @@ def build_data_loader(cfg, data_source, batch_size, transform, is_train, use_cud
     sampler_name = cfg.DATALOADER.TRAIN_X.SAMPLER if is_train else cfg.DATALOADER.TEST.SAMPLER
     samplers = {"RandomSampler": RandomSampler, "SequentialSampler": SequentialSampler}
     if sampler_name not in samplers:
-        raise ValueError(f"Unsupported sampler '{sampler_name}'; choose one of {list(samplers)}")
+        raise ConfigError(f"Unsupported sampler '{sampler_name}'; choose one of {list(samplers)}")
     return DataLoader(
         DatasetWrapper(cfg, data_source, transform, is_train),
         batch_size=batch_size,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.errors import ConfigError
+
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 
 
@@ -42,7 +44,7 @@ class Precision:
 
 def resolve_precision(prec, device):
     if prec not in PRECISIONS:
-        raise ValueError(f"PREC must be one of {', '.join(PRECISIONS)}, got {prec!r}")
+        raise ConfigError(f"PREC must be one of {', '.join(PRECISIONS)}, got {prec!r}")
     device = torch.device(device)
     if prec == "fp16" and device.type != "cuda":
         print("PREC fp16 is not supported on CPU: running in fp32 instead")

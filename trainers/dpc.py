@@ -25,7 +25,9 @@ from engine.checkpoint import CHECKPOINT_PREFIX, checkpoint_epochs, load_checkpo
 from engine.config import add_key_aliases
 from engine.data import read_image
 from engine.io import atomic_write_json
+from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.registry import TRAINERS
+from engine.trainer import checkpoint_writer
 from trainers.coop import CoOp
 from trainers.kgcoop import KgCoOp
 from trainers.maple import MaPLe
@@ -52,13 +54,13 @@ def add_dpc_config(cfg):
 
 def _converse_only(value):
     if "converse" not in str(value):
-        raise ValueError(f"SPLE.STACK.MODE {value!r}: only DPC's 'converse' mode is implemented (dpc.md §3.5)")
+        raise ConfigError(f"SPLE.STACK.MODE {value!r}: only DPC's 'converse' mode is implemented (dpc.md §3.5)")
     return []
 
 
 def _clone_init_only(value):
     if str(value) != "True":
-        raise ValueError("SPLE.SPLE_TRAINER.SPLE_INIT False is not supported: the parallel prompt starts at P")
+        raise ConfigError("SPLE.SPLE_TRAINER.SPLE_INIT False is not supported: the parallel prompt starts at P")
     return []
 
 
@@ -108,7 +110,7 @@ def write_picture_library(path, records, image_root):
 def read_picture_library(path, image_root):
     """{classname: [absolute paths]} from an official library file (only `train[0][name][1]` is used)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"TRAINER.DPC.PIC_LIB (SPLE.PIC_LIB): no such file: {path}")
+        raise MissingFileError(f"TRAINER.DPC.PIC_LIB (SPLE.PIC_LIB): no such file: {path}")
     with open(path) as f:
         train = json.load(f)["train"][0]
     return {name: [os.path.join(image_root, p) for p in entry[1]] for name, entry in train.items()}
@@ -159,7 +161,7 @@ class HardNegativeSampler:
                  dedup_anchors=False, non_repeat=True):
         missing = [name for name in classnames if not library.get(name)]
         if missing:
-            raise ValueError(f"The picture library has no images for base classes {missing}")
+            raise ConfigError(f"The picture library has no images for base classes {missing}")
         self.paths = [library[name] for name in classnames]  # per base label, file order kept
         self.transform = transform
         self.topk = topk
@@ -243,11 +245,11 @@ class DPCMixin:
         self.dpc_cfg = opts = cfg.TRAINER.DPC
         for key, choices in _CHOICES.items():
             if opts[key] not in choices:
-                raise ValueError(f"TRAINER.DPC.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
+                raise ConfigError(f"TRAINER.DPC.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
         if not 0 < opts.WEIGHT_BASE <= 1 or not 0 <= opts.WEIGHT_NEW <= 1:
-            raise ValueError("TRAINER.DPC.WEIGHT_BASE must be in (0, 1] and WEIGHT_NEW in [0, 1]")
+            raise ConfigError("TRAINER.DPC.WEIGHT_BASE must be in (0, 1] and WEIGHT_NEW in [0, 1]")
         if not opts.BACKBONE_DIR:
-            raise ValueError("TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) must name the stage-1 run directory")
+            raise ConfigError("TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) must name the stage-1 run directory")
         super().__init__(cfg)
         self.prompt_names = [name for name, p in self.model.named_parameters() if p.requires_grad]
         self.pretuned = self.load_pretuned_prompts()
@@ -265,11 +267,12 @@ class DPCMixin:
             epoch = epochs[-1]
         path = os.path.join(save_dir, f"{CHECKPOINT_PREFIX}{epoch}")
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Stage-1 checkpoint not found: {path} (epochs present: {epochs or 'none'}). "
                 "TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) is the stage-1 run directory, the folder holding "
                 f"'{self.checkpoint_name}/', and BACKBONE_EPOCH (SPLE.BACK_CKPT_EPOCH) its epoch (-1: latest)")
-        state_dict = load_checkpoint(path)["state_dict"]
+        checkpoint = load_checkpoint(path)
+        state_dict = checkpoint["state_dict"]
         module = self.checkpoint_module()
         keys = {id(p): key for key, p in module.named_parameters()}  # how the checkpoint names each tensor
         pretuned = {}
@@ -277,10 +280,10 @@ class DPCMixin:
             param = self.model.get_parameter(name)
             key = keys.get(id(param))
             if key not in state_dict:
-                raise KeyError(f"Stage-1 checkpoint {path} has no '{key}': is it a run of the backbone of "
-                               f"{self.cfg.TRAINER.NAME}?")
+                raise CheckpointError(f"Stage-1 checkpoint {path} has no '{key}': it is not a run of the backbone of "
+                                      f"{self.cfg.TRAINER.NAME}. {checkpoint_writer(path, state_dict)}")
             if state_dict[key].shape != param.shape:
-                raise ValueError(
+                raise ConfigError(
                     f"Stage-1 '{key}' in {path} has shape {tuple(state_dict[key].shape)}, this model "
                     f"{tuple(param.shape)}: stage 2 needs the stage-1 prompt settings (e.g. TRAINER.COOP.N_CTX, "
                     "CTX_INIT, CSC) and, for class-specific contexts, the same classes")
@@ -288,8 +291,8 @@ class DPCMixin:
                 param.copy_(state_dict[key])
             pretuned[name] = param.detach().clone()
         # Stage-1 tensors that are not cloned (a subclass narrowing `trainable`, e.g. DPL's gates or
-        # DGPrompt's generators) keep their stage-1 values, frozen.
-        self.load_checkpoint_state_dict(state_dict)
+        # DGPrompt's generators) keep their stage-1 values, frozen. A stage 1 trained with another CLIP is refused.
+        self.apply_checkpoint(checkpoint, path)
         print(f'Loaded the tuned prompt P from "{path}"')
         return pretuned
 
