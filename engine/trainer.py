@@ -428,6 +428,7 @@ class TrainerBase:
         record = {
             "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME,
             "subsample": cfg.DATASET.SUBSAMPLE_CLASSES, "num_shots": cfg.DATASET.NUM_SHOTS,
+            "num_shots_used": self.dm.dataset.shots_used,
             "seed": cfg.SEED, "backbone": cfg.MODEL.BACKBONE.NAME, "split": split,
             "epoch": getattr(self, "loaded_epoch", None),
             "num_classes": self.num_classes,
