@@ -11,6 +11,7 @@ Run layout (the CoCoOp base-to-new scripts, data_and_protocol.md §5.1):
 A phase is done when its `results.json` exists (the trainer writes it atomically after testing).
 """
 import argparse
+import difflib
 import os
 import shlex
 import sys
@@ -132,6 +133,9 @@ def resolve(method, dataset, seed, cfg="", output="output", shots=16, tag=""):
     name = cfg or (entry.imagenet_config if dataset == "imagenet" and entry.imagenet_config else entry.config)
     if not name:
         known = ", ".join(m for m, e in METHODS.items() if e.config)
+        if method not in METHODS and _did_you_mean(method):
+            raise GridError(f"Unknown method '{method}'.{_did_you_mean(method)} (Methods with default configs: "
+                            f"{known}; any other method needs a config name or YAML path, METHOD:CFG.)")
         raise GridError(f"No default config for method '{method}': pass a config name or YAML path "
                         f"(methods with defaults: {known})")
     config_file = ""
@@ -141,12 +145,19 @@ def resolve(method, dataset, seed, cfg="", output="output", shots=16, tag=""):
     else:
         config_file = os.path.join(REPO, "configs", "trainers", entry.config_dir or method, f"{name}.yaml")
     if config_file and not os.path.isfile(config_file):
-        raise GridError(f"Config file not found: {config_file}")
+        raise GridError(f"Config file not found: {config_file}" + (_did_you_mean(method) if method not in METHODS else ""))
     folder = f"{name}_{tag}" if tag else name
     dirs = [os.path.join(output, "base2new", phase, dataset, f"shots_{shots}", method, folder, f"seed{seed}")
             for phase in ("train_base", "test_new")]
     return Run(method, cfg, name, folder, config_file, dataset, int(seed), entry.opts, entry.eval_only, entry.runner,
                *dirs)
+
+
+def _did_you_mean(method):
+    """' Did you mean 'CoOp'?' for a near-miss of a known method name (case first), else ''."""
+    by_lower = {m.lower(): m for m in METHODS}
+    guess = [by_lower[method.lower()]] if method.lower() in by_lower else difflib.get_close_matches(method, METHODS, 1)
+    return f" Did you mean '{guess[0]}'?" if guess else ""
 
 
 def split_list(text, kind):
