@@ -329,7 +329,7 @@ class DatasetBase:
     def read_full_splits(self):
         """Return the full (train, val, test) lists of every class."""
         split_path = os.path.join(self.dataset_root, self.split_file)
-        if os.path.exists(split_path):
+        if os.path.isfile(split_path):
             if self.image_dir:
                 self.require(self.image_dir)  # name the missing image folder, not its first image
             return read_split(split_path, self.image_root)
@@ -340,7 +340,14 @@ class DatasetBase:
                 f"Split file not found: {split_path}" + self._hint(self.split_file)
                 + f"\nRebuilding the split from the raw files failed too:\n{err}"
             ) from err
-        save_split(train, val, test, split_path, self.image_root)
+        try:
+            save_split(train, val, test, split_path, self.image_root)
+        except OSError as err:
+            # A rebuilt split can depend on the seed's random draws: it is written once so that every run shares it.
+            raise DatasetError(
+                f"Cannot write the rebuilt split {split_path} ({short_reason(err)}): every run must share one split, "
+                f"so make {self.dataset_root} writable for this first run, or put the released split file there"
+                + self._hint(self.split_file)) from err
         return train, val, test
 
     def build_split(self):

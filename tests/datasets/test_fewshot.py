@@ -163,3 +163,10 @@ def test_more_shots_than_images_is_reported_once_with_the_classes(tmp_path, buil
     assert out.count("Warning: DATASET.NUM_SHOTS is 16") == 1
     assert dataset.shots_used["max"] < 16 and set(dataset.shots_used["short_classes"]) == set(dataset.classnames)
     assert build(tmp_path, "Food101", shots=1).shots_used == {"min": 1, "max": 1, "short_classes": {}}
+
+
+def test_unwritable_dataset_folder_for_a_rebuilt_split_is_a_clear_error(tmp_path, build):
+    make_dataset(tmp_path, "DescribableTextures", split_json=False)
+    os.makedirs(tmp_path / "dtd" / "split_zhou_DescribableTextures.json")  # a folder where the file goes
+    with pytest.raises(DatasetError, match=r"Cannot write the rebuilt split .*make .*dtd writable"):
+        build(tmp_path, "DescribableTextures", shots=2)
