@@ -37,7 +37,7 @@ def latest_checkpoint(save_dir):
     if not os.path.isfile(pointer):
         return None
     with open(pointer) as f:
-        name = f.readline().strip()
+        name = os.path.basename(f.readline().strip())  # Dassl writes a file name; never follow a path elsewhere
     path = os.path.join(save_dir, name)
     return path if os.path.isfile(path) else None
 

@@ -188,6 +188,8 @@ def _resolve_alias(key, value):
 
 def merge_from_file(cfg, path):
     """Merge a YAML file; official alias keys are renamed, unknown keys fail with a hint."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder; a config file (YAML) is expected")
     if not os.path.isfile(path):
         where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
         repo_copy = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)

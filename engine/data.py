@@ -249,8 +249,14 @@ def read_official_pickle(path, dataset_root):
 
     Returns the unpickled dict with every Datum converted to ours.
     """
-    with open(path, "rb") as f:
-        raw = _DasslDatumUnpickler(f).load()
+    try:
+        with open(path, "rb") as f:
+            raw = _DasslDatumUnpickler(f).load()
+        if not isinstance(raw, dict):
+            raise TypeError(f"a {type(raw).__name__}, not a dict of record lists")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise DatasetError(f"Cannot use the cache {path} ({short_reason(err)}): it is not an official Dassl "
+                           "cache, or it is damaged. Delete it; the run rebuilds it") from err
     folder = os.path.basename(os.path.normpath(dataset_root))
 
     def reroot(impath):
@@ -263,7 +269,11 @@ def read_official_pickle(path, dataset_root):
         d = item.__dict__
         return _datum_unchecked(reroot(d["_impath"]), d["_label"], d["_classname"])
 
-    return {key: [convert(item) for item in items] for key, items in raw.items()}
+    try:
+        return {key: [convert(item) for item in items] for key, items in raw.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"Cannot use the cache {path}: its records are not Dassl's Datum ({short_reason(err)}). "
+                           "Delete it; the run rebuilds it") from err
 
 
 class DatasetBase:

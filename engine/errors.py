@@ -38,10 +38,17 @@ class OutputDirError(UserError, RuntimeError):
     """The output folder cannot be used (not writable, or it holds another configuration's run)."""
 
 
+# Boilerplate lines of torch's `weights_only` errors, which say nothing about the file at hand.
+_BOILERPLATE = ("Weights only load failed", "In PyTorch 2.6", "Check the documentation", "Please file an issue",
+                "WeightsUnpickler error:")
+
+
 def short_reason(err):
     """One line for an OS or library error inside a user message."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith(_BOILERPLATE)]
+    text = (specific or lines or [""])[0]
+    return f"{type(err).__name__}: {text}".rstrip(": ")
 
 
 def refused_global(err):

@@ -129,6 +129,11 @@ class GridError(ValueError):
 
 def resolve(method, dataset, seed, cfg="", output="output", shots=16, tag=""):
     """The run for `method` on `dataset` with `seed`; `cfg` overrides the paper config."""
+    stems = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "configs", "datasets")) if f.endswith(".yaml"))
+    if dataset not in stems:
+        guess = difflib.get_close_matches(dataset.lower(), stems, 1)
+        raise GridError(f"Unknown dataset '{dataset}'." + (f" Did you mean '{guess[0]}'?" if guess else "")
+                        + f" Known (configs/datasets/): {', '.join(stems)}")
     entry = METHODS.get(method, Method())
     name = cfg or (entry.imagenet_config if dataset == "imagenet" and entry.imagenet_config else entry.config)
     if not name:

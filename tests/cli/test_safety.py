@@ -238,6 +238,8 @@ def test_launch_suggests_method_names_and_keeps_sbatch_lines_whole(tmp_path, cap
 
     with pytest.raises(SystemExit, match="Unknown method 'Coop'. Did you mean 'CoOp'"):
         launch.main(["Coop", "caltech101", "1", "--dry-run", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="Unknown dataset 'caltech'. Did you mean 'caltech101'"):
+        launch.main(["CoOp", "caltech", "1", "--dry-run", "--output", str(tmp_path)])
     with pytest.raises(SystemExit) as exit_info:
         launch.main(["CoOp", "caltech101", "1", "--slurm", "--dry-run", "--output", str(tmp_path),
                      "--partition", "gpu\n#SBATCH --wrap=touch /tmp/x"])

@@ -5,6 +5,7 @@ happens before base/new subsampling, and one cache per (K, seed) serves the base
 """
 import json
 import os
+import pickle
 import random
 
 import pytest
@@ -170,3 +171,16 @@ def test_unwritable_dataset_folder_for_a_rebuilt_split_is_a_clear_error(tmp_path
     os.makedirs(tmp_path / "dtd" / "split_zhou_DescribableTextures.json")  # a folder where the file goes
     with pytest.raises(DatasetError, match=r"Cannot write the rebuilt split .*make .*dtd writable"):
         build(tmp_path, "DescribableTextures", shots=2)
+
+
+def test_dataset_cache_pickle_that_would_run_code_is_refused(tmp_path, build):
+    from tests.helpers.crafted import RunsCommand
+
+    make_dataset(tmp_path, "EuroSAT")
+    os.makedirs(tmp_path / "eurosat" / "split_fewshot")
+    target = tmp_path / "touched"
+    (tmp_path / "eurosat" / "split_fewshot" / "shot_2-seed_1.pkl").write_bytes(
+        pickle.dumps({"train": [RunsCommand(f"touch {target}")]}))
+    with pytest.raises(DatasetError, match=r"Cannot use the cache .*shot_2-seed_1.pkl .*Refusing to load global"):
+        build(tmp_path, "EuroSAT", shots=2)
+    assert not target.exists()

@@ -70,3 +70,10 @@ def test_file_without_state_dict_is_not_a_checkpoint(tmp_path):
     torch.save({"ctx": torch.zeros(2)}, tmp_path / "model.pth.tar-1")
     with pytest.raises(CheckpointError, match="no 'state_dict'"):
         load_checkpoint(str(tmp_path / "model.pth.tar-1"))
+
+
+def test_checkpoint_pointer_never_leaves_its_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    torch.save({"state_dict": {}, "epoch": 9}, tmp_path / "elsewhere.pth")
+    (tmp_path / "run" / "checkpoint").write_text("../elsewhere.pth\n")
+    assert latest_checkpoint(str(tmp_path / "run")) is None
