@@ -49,8 +49,8 @@ def lock_output_dir(path):
 def remove_stale_temp_files(path):
     """Delete the `.tmp-*` files of atomic writes that a killed run left in its folder and in the
     folder's own subfolders (checkpoint folders; not other runs' folders, which have a lock file)."""
-    folders = [path] + [os.path.join(path, d) for d in sorted(os.listdir(path))
-                        if os.path.isdir(os.path.join(path, d)) and not os.path.exists(os.path.join(path, d, LOCK_FILE))]
+    subfolders = [os.path.join(path, d) for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
+    folders = [path] + [d for d in subfolders if not os.path.exists(os.path.join(d, LOCK_FILE))]
     removed = []
     for folder in folders:
         for name in sorted(os.listdir(folder)):

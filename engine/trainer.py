@@ -159,7 +159,7 @@ class TrainerBase:
         trainable = {name for name, p in module.named_parameters() if p.requires_grad}
         missing_trainable = [k for k in missing if k in trainable]
         if missing_trainable:
-            raise CheckpointMismatch(f"it has no {missing_trainable}", missing_trainable)
+            raise CheckpointMismatch(f"it has no {missing_trainable}")
         if unexpected:  # missing frozen tensors keep their CLIP values
             print(f"Warning: unexpected checkpoint keys {unexpected}")
 
@@ -196,7 +196,7 @@ class TrainerBase:
         clip_model = self.precision.prepare_clip(load_clip_to_cpu(cfg.MODEL.BACKBONE.NAME))
         if tuple(cfg.INPUT.SIZE) != (clip_model.visual.input_resolution,) * 2:
             raise ConfigError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP input resolution "
-                             f"{clip_model.visual.input_resolution}")
+                              f"{clip_model.visual.input_resolution}")
         print("Building custom CLIP")
         model = self.build_model(clip_model, self.classnames)
         print("Turning off gradients in both the image and the text encoder")
@@ -439,11 +439,7 @@ class TrainerBase:
 
 
 class CheckpointMismatch(CheckpointError):
-    """Raised by `load_checkpoint_state_dict` when the weights do not fit; the caller adds the file."""
-
-    def __init__(self, detail, missing=()):
-        super().__init__(detail)
-        self.missing = list(missing)
+    """Raised by `load_checkpoint_state_dict` when the weights do not fit; `apply_checkpoint` adds the file."""
 
 
 def checkpoint_writer(path, state_dict):

@@ -150,7 +150,8 @@ def resolve(method, dataset, seed, cfg="", output="output", shots=16, tag=""):
     else:
         config_file = os.path.join(REPO, "configs", "trainers", entry.config_dir or method, f"{name}.yaml")
     if config_file and not os.path.isfile(config_file):
-        raise GridError(f"Config file not found: {config_file}" + (_did_you_mean(method) if method not in METHODS else ""))
+        hint = _did_you_mean(method) if method not in METHODS else ""
+        raise GridError(f"Config file not found: {config_file}{hint}")
     folder = f"{name}_{tag}" if tag else name
     dirs = [os.path.join(output, "base2new", phase, dataset, f"shots_{shots}", method, folder, f"seed{seed}")
             for phase in ("train_base", "test_new")]
