@@ -15,12 +15,8 @@ import importlib.util
 import os
 import sys
 
-import datasets  # noqa: F401  (registers the datasets)
-import trainers  # noqa: F401  (registers the trainers)
-from engine.config import setup_cfg
-from engine.io import atomic_write_text
-from engine.logger import setup_logger
-from engine.trainer import build_trainer, set_random_seed
+# Only the standard library at import time: `train.py --help` answers without loading torch.
+DEBUG_ENV = "TRAIN_DEBUG"
 
 
 def build_parser():
@@ -43,15 +39,23 @@ def build_parser():
     parser.add_argument("--no-train", action="store_true", help="build everything, do not train or test")
     parser.add_argument("--trainer-module", type=str, action="append", default=[],
                         help="file or import path of an out-of-tree trainer to register (repeatable)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="run in an output folder whose config.yaml records another configuration "
+                             "(its checkpoints are resumed, its config.yaml and results.json replaced)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of every error, user errors included (or set {DEBUG_ENV}=1)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
 
 def import_trainer_module(spec):
     """Import a user's trainer file (`path/to/x.py`) or module (`pkg.x`) so it registers itself."""
+    from engine.errors import MissingFileError
+
     if spec.endswith(".py") or os.path.sep in spec:
         if not os.path.isfile(spec):
-            raise FileNotFoundError(f"--trainer-module {spec}: no such file")
+            where = "" if os.path.isabs(spec) else f" (relative to the working directory {os.getcwd()})"
+            raise MissingFileError(f"--trainer-module {spec}: no such file{where}")
         name = os.path.splitext(os.path.basename(spec))[0]
         module_spec = importlib.util.spec_from_file_location(name, spec)
         module = importlib.util.module_from_spec(module_spec)
@@ -75,26 +79,65 @@ def print_args(args, cfg):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    import datasets  # noqa: F401  (registers the datasets)
+    import trainers  # noqa: F401  (registers the trainers)
+    from engine.config import build_cfg, setup_cfg
+    from engine.errors import ConfigError
+    from engine.io import atomic_write_text
+    from engine.logger import setup_logger
+    from engine.registry import TRAINERS
+    from engine.run_folder import CONFIG_FILE, check_output_config, lock_output_dir, remove_stale_temp_files
+    from engine.trainer import build_trainer, set_random_seed
+
     for spec in args.trainer_module:
         import_trainer_module(spec)
     cfg = setup_cfg(args)
-    if cfg.SEED >= 0:
-        print(f"Setting fixed seed: {cfg.SEED}")
-        set_random_seed(cfg.SEED)
-    close_log = setup_logger(cfg.OUTPUT_DIR)
+    if args.eval_only and not args.model_dir and TRAINERS.get(cfg.TRAINER.NAME).trainable:
+        raise ConfigError(f"--eval-only without --model-dir would evaluate {cfg.TRAINER.NAME}'s untrained prompts: "
+                          "pass --model-dir (the training run's output folder) and --load-epoch")
+    lock = lock_output_dir(cfg.OUTPUT_DIR)  # held until this process exits
     try:
-        print_args(args, cfg)
-        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
-        trainer = build_trainer(cfg)
-        if args.eval_only:
-            trainer.load_model(args.model_dir, epoch=args.load_epoch)
-            return trainer.test()
-        if not args.no_train:
-            trainer.train()
-        return None
+        remove_stale_temp_files(cfg.OUTPUT_DIR)
+        check_output_config(cfg.OUTPUT_DIR, cfg, build_cfg(), args.allow_config_change)
+        if cfg.SEED >= 0:
+            print(f"Setting fixed seed: {cfg.SEED}")
+            set_random_seed(cfg.SEED)
+        close_log = setup_logger(cfg.OUTPUT_DIR)
+        try:
+            print_args(args, cfg)
+            trainer = build_trainer(cfg)
+            if args.eval_only:
+                trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            # written once the data, the model and any checkpoint have loaded: a run that fails its
+            # checks leaves the folder's record as it was
+            atomic_write_text(os.path.join(cfg.OUTPUT_DIR, CONFIG_FILE), cfg.dump())
+            if args.eval_only:
+                return trainer.test()
+            if not args.no_train:
+                trainer.train()
+            return None
+        finally:
+            close_log()
     finally:
-        close_log()
+        lock.close()
+
+
+def cli(argv=None):
+    """`main` for the command line: a user error prints its message and exits 1, no traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        main(argv)
+    except Exception as err:
+        from engine.errors import UserError
+
+        if debug or not isinstance(err, UserError):
+            raise
+        print(f"train.py: error: {err}", file=sys.stderr)
+        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 from datasets.gdrive import gdown_hint
 from engine.data import DATASETS, DatasetBase, DatasetError, Datum, listdir_nohidden, read_official_pickle
+from engine.errors import short_reason
 from engine.io import atomic_write_json
 
 _ILSVRC = ("{} from https://image-net.org (ILSVRC-2012, needs an account); put it in DATA/imagenet/ and run "
@@ -84,8 +85,11 @@ class ImageNet(DatasetBase):
             classnames = read_classnames(self.require("classnames.txt"))
             train = read_wnid_folders(self.require("images/train"), classnames)
             test = read_wnid_folders(self.require("images/val"), classnames)
-            atomic_write_json(cache, {"train": self.relative_to_root(train), "test": self.relative_to_root(test)})
-            print(f"Saved preprocessed data to {cache}")
+            try:
+                atomic_write_json(cache, {"train": self.relative_to_root(train), "test": self.relative_to_root(test)})
+                print(f"Saved preprocessed data to {cache}")
+            except OSError as err:  # the scan is sorted: the next run finds the same lists again
+                print(f"Warning: cannot write the scan cache {cache} ({short_reason(err)}); continuing without it")
         return train, test, test
 
     def relative_to_root(self, items):

@@ -11,9 +11,11 @@ import os
 import pickle
 import re
 import types
+import zipfile
 
 import torch
 
+from engine.errors import CheckpointError, MissingFileError, refused_global, short_reason
 from engine.io import atomic_torch_save, atomic_write_text
 
 CHECKPOINT_PREFIX = "model.pth.tar-"
@@ -35,7 +37,7 @@ def latest_checkpoint(save_dir):
     if not os.path.isfile(pointer):
         return None
     with open(pointer) as f:
-        name = f.readline().strip()
+        name = os.path.basename(f.readline().strip())  # Dassl writes a file name; never follow a path elsewhere
     path = os.path.join(save_dir, name)
     return path if os.path.isfile(path) else None
 
@@ -77,6 +79,10 @@ _SAFE_GLOBALS = {
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 
 
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """A checkpoint that names Python objects we do not load (unpickling them could run code)."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         module = _PY2_MODULES.get(module, module)  # protocol-2 pickles name Python 2 modules
@@ -84,7 +90,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module.startswith(_PLACEHOLDER_MODULES):
             return _Placeholder
-        raise pickle.UnpicklingError(
+        raise UnsafeCheckpointError(
             f"Refusing to load '{module}.{name}' from a checkpoint: only tensors, plain containers "
             "and Dassl's optimizer/scheduler objects are accepted. This file is not a CoOp-family checkpoint "
             "(or was altered); it is not loaded because unpickling it could run arbitrary code."
@@ -101,9 +107,27 @@ _restricted_pickle = types.SimpleNamespace(
 def load_checkpoint(path):
     """Load a checkpoint dict (ours or an official one) on the CPU, safely."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'Model not found at "{path}"')
+        raise MissingFileError(f'Model not found at "{path}"')
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("/constants.pkl") for name in archive.namelist()):
+                raise CheckpointError(f"{path} is a TorchScript archive, not a checkpoint (a dict with "
+                                      "'state_dict' and 'epoch'); it is not loaded, since opening it runs its code")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Official files pickle Dassl's scheduler object: read them with the restricted unpickler.
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if not refused_global(err):
+                raise
+            # Official files pickle Dassl's scheduler object: read them with the restricted unpickler.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(f"{path}: {err}") from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(
+            f"Cannot read checkpoint {path} ({short_reason(err)}): the file is truncated or corrupt (an interrupted "
+            "copy?). Copy it again, or remove it to train that epoch again") from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        keys = list(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a prompt-learning checkpoint: it has no 'state_dict' (it holds {keys})")
+    return checkpoint

@@ -5,10 +5,13 @@ dataset YAML -> method YAML -> CLI flags -> trailing `KEY VALUE` opts -> freeze.
 yacs' rules apply: unknown keys and type changes are errors (here with a hint).
 """
 import difflib
+import os
+import re
 
 import yaml
 from yacs.config import CfgNode as CN
 
+from engine.errors import ConfigError, MissingFileError, UnknownNameError
 from engine.registry import TRAINERS
 
 # Official key names some methods use (e.g. DPC's `SPLE.*`), mapped onto ours.
@@ -148,8 +151,34 @@ def _check_key(cfg, key, source):
             siblings = list(node.keys()) if isinstance(node, CN) else []
             guess = difflib.get_close_matches(part, siblings, n=1)
             hint = f" Did you mean '{prefix + '.' if prefix else ''}{guess[0]}'?" if guess else ""
-            raise KeyError(f"Unknown config key '{key}' (from {source}).{hint}")
+            if prefix == "TRAINER" and not guess:
+                hint += (f" No loaded trainer defines TRAINER.{part}: if it belongs to a method kept outside the "
+                         "repository, load that method with --trainer-module FILE_OR_MODULE.")
+            raise UnknownNameError(f"Unknown config key '{key}' (from {source}).{hint}")
         node = node[part]
+
+
+def _type_hint(cfg, key):
+    """How to write a value of `key`'s type on the command line or in YAML."""
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    if isinstance(node, bool):
+        return "it takes True or False"
+    if isinstance(node, float):
+        return "it is a float: write it with a decimal point (e.g. 8.0, not 8)"
+    if isinstance(node, int):
+        return "it is an integer: write it without a decimal point (e.g. 8, not 8.0)"
+    if isinstance(node, (tuple, list)):
+        return f"it is a list: write it like {tuple(node) or '(a, b)'}".replace("'", "")
+    return "it is a string"
+
+
+def _bad_value(cfg, err, source):
+    """A ConfigError for yacs' type-mismatch ValueError, with the hint for the key's type."""
+    found = re.search(r"for config key: (\S+)", str(err))
+    hint = f"; {_type_hint(cfg, found.group(1))}" if found else ""
+    return ConfigError(f"Bad value in {source}: {err}{hint}")
 
 
 def _resolve_alias(key, value):
@@ -159,30 +188,43 @@ def _resolve_alias(key, value):
 
 def merge_from_file(cfg, path):
     """Merge a YAML file; official alias keys are renamed, unknown keys fail with a hint."""
-    with open(path) as f:
-        loaded = yaml.safe_load(f) or {}
+    if os.path.isdir(path):
+        raise ConfigError(f"{path} is a folder; a config file (YAML) is expected")
+    if not os.path.isfile(path):
+        where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
+        repo_copy = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+        hint = f"; did you mean {repo_copy}?" if not os.path.isabs(path) and os.path.isfile(repo_copy) else ""
+        raise MissingFileError(f"Config file not found: {path}{where}{hint}")
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"Cannot read the config file {path}: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} is not a config file: it holds a YAML {type(loaded).__name__}, not KEY: VALUE pairs")
     pairs = [pair for k, v in _flatten(loaded) for pair in _resolve_alias(k, v)]
     for key, _ in pairs:
         _check_key(cfg, key, path)
     try:
         cfg.merge_from_other_cfg(CN(_unflatten(pairs)))
     except ValueError as err:
-        raise ValueError(f"Bad value in {path}: {err}") from err
+        raise _bad_value(cfg, err, path) from err
 
 
 def merge_from_list(cfg, opts):
     """Merge trailing `KEY VALUE` pairs from the command line."""
     if len(opts) % 2:
-        raise ValueError(f"Trailing options must be KEY VALUE pairs, got an odd number: {opts}")
+        raise ConfigError(f"Trailing options must be KEY VALUE pairs, got an odd number: {opts}")
     renamed = []
     for official_key, official_value in zip(opts[0::2], opts[1::2]):
         for key, value in _resolve_alias(official_key, official_value):
             _check_key(cfg, key, "the command line")
-            renamed += [key, value]
-    try:
-        cfg.merge_from_list(renamed)
-    except ValueError as err:
-        raise ValueError(f"Bad command-line value: {err}. Floats need a decimal point (e.g. 1.0).") from err
+            renamed.append((key, value))
+    for key, value in renamed:  # one at a time, so an error names its key
+        try:
+            cfg.merge_from_list([key, value])
+        except ValueError as err:
+            raise ConfigError(f"Bad command-line value {value!r} for {key}: {_type_hint(cfg, key)} ({err})") from err
 
 
 def build_cfg():

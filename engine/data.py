@@ -5,6 +5,7 @@ Everything that decides which images a run sees follows data_and_protocol.md §1
 exactly (Python `random` for sampling, classic torchvision transforms in Dassl's
 order), so a seed gives the same few-shot subset and batches as the official code.
 """
+import hashlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from engine.errors import ConfigError, UserError, short_reason
 from engine.io import atomic_write_json
 from engine.registry import DATASETS
 
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset file or folder is missing or unreadable; the message says how to fix it."""
 
 
@@ -192,7 +194,7 @@ def subsample_classes(*args, subsample="all"):
     selection applies to every list passed.
     """
     if subsample not in ("all", "base", "new"):
-        raise ValueError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new, got {subsample!r}")
+        raise ConfigError(f"DATASET.SUBSAMPLE_CLASSES must be all, base or new, got {subsample!r}")
     if subsample == "all":
         return args
     labels = sorted({item.label for item in args[0]})
@@ -256,8 +258,14 @@ def read_official_pickle(path, dataset_root):
 
     Returns the unpickled dict with every Datum converted to ours.
     """
-    with open(path, "rb") as f:
-        raw = _DasslDatumUnpickler(f).load()
+    try:
+        with open(path, "rb") as f:
+            raw = _DasslDatumUnpickler(f).load()
+        if not isinstance(raw, dict):
+            raise TypeError(f"a {type(raw).__name__}, not a dict of record lists")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise DatasetError(f"Cannot use the cache {path} ({short_reason(err)}): it is not an official Dassl "
+                           "cache, or it is damaged. Delete it; the run rebuilds it") from err
     folder = os.path.basename(os.path.normpath(dataset_root))
 
     def reroot(impath):
@@ -270,7 +278,11 @@ def read_official_pickle(path, dataset_root):
         d = item.__dict__
         return _datum_unchecked(reroot(d["_impath"]), d["_label"], d["_classname"])
 
-    return {key: [convert(item) for item in items] for key, items in raw.items()}
+    try:
+        return {key: [convert(item) for item in items] for key, items in raw.items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"Cannot use the cache {path}: its records are not Dassl's Datum ({short_reason(err)}). "
+                           "Delete it; the run rebuilds it") from err
 
 
 class DatasetBase:
@@ -314,15 +326,29 @@ class DatasetBase:
             train, val, test = split_protocol(cfg, train, val, test)
 
         self.train_x, self.val, self.test = train, val, test
+        self.shots_used = None if self.test_only or cfg.DATASET.NUM_SHOTS < 1 else self._shots_used(
+            cfg.DATASET.NUM_SHOTS)
         self.num_classes = max(item.label for item in train) + 1
         self.lab2cname = {item.label: item.classname for item in train}
         self.classnames = [self.lab2cname[label] for label in sorted(self.lab2cname)]
+
+    def _shots_used(self, num_shots):
+        """Training images per class actually used; classes short of NUM_SHOTS are named once."""
+        counts = {}
+        for item in self.train_x:
+            counts[item.classname] = counts.get(item.classname, 0) + 1
+        short = {name: n for name, n in counts.items() if n < num_shots}
+        if short:
+            print(f"Warning: DATASET.NUM_SHOTS is {num_shots}, but {len(short)} class(es) have fewer training images "
+                  f"and use all they have: {', '.join(f'{name} ({n})' for name, n in short.items())}")
+        return {"min": min(counts.values(), default=0), "max": max(counts.values(), default=0),
+                "short_classes": short}
 
     # -- overridable steps ----------------------------------------------------------
     def read_full_splits(self):
         """Return the full (train, val, test) lists of every class."""
         split_path = os.path.join(self.dataset_root, self.split_file)
-        if os.path.exists(split_path):
+        if os.path.isfile(split_path):
             if self.image_dir:
                 self.require(self.image_dir)  # name the missing image folder, not its first image
             return read_split(split_path, self.image_root)
@@ -333,7 +359,14 @@ class DatasetBase:
                 f"Split file not found: {split_path}" + self._hint(self.split_file)
                 + f"\nRebuilding the split from the raw files failed too:\n{err}"
             ) from err
-        save_split(train, val, test, split_path, self.image_root)
+        try:
+            save_split(train, val, test, split_path, self.image_root)
+        except OSError as err:
+            # A rebuilt split can depend on the seed's random draws: it is written once so that every run shares it.
+            raise DatasetError(
+                f"Cannot write the rebuilt split {split_path} ({short_reason(err)}): every run must share one split, "
+                f"so make {self.dataset_root} writable for this first run, or put the released split file there"
+                + self._hint(self.split_file)) from err
         return train, val, test
 
     def build_split(self):
@@ -358,20 +391,31 @@ class DatasetBase:
 
     # -- few-shot cache ---------------------------------------------------------------
     def load_or_sample_fewshot(self, train, val, num_shots, seed):
-        """Read `split_fewshot/shot_K-seed_S.json` (or an official `.pkl`), else sample and save."""
+        """Read `split_fewshot/shot_K-seed_S.json` (or an official `.pkl`), else sample and save.
+
+        A cache must come from the split it is used with: the JSON records a digest of the
+        train (and val) list it was drawn from, and a cache without one (an official `.pkl`, or
+        an older JSON) must hold only train (and val) images of the current split.
+        """
         stem = os.path.join(self.split_fewshot_dir, f"shot_{num_shots}-seed_{seed}")
+        digest = self._split_digest(train, val)
         if os.path.exists(stem + ".json"):
             print(f"Loading preprocessed few-shot data from {stem}.json")
             with open(stem + ".json") as f:
                 cache = json.load(f)
-            train = [Datum(os.path.join(self.image_root, p), y, classname=c) for p, y, c in cache["train"]]
+            cached_train = [Datum(os.path.join(self.image_root, p), y, classname=c) for p, y, c in cache["train"]]
+            cached_val = val
             if self.fewshot_val:
-                val = [Datum(os.path.join(self.image_root, p), y, classname=c) for p, y, c in cache["val"]]
-            return train, val
+                cached_val = [Datum(os.path.join(self.image_root, p), y, classname=c) for p, y, c in cache["val"]]
+            self._check_fewshot_cache(stem + ".json", cache.get("drawn_from_sha256"), digest, cached_train,
+                                      cached_val, train, val)
+            return cached_train, cached_val
         if os.path.exists(stem + ".pkl"):
             print(f"Loading preprocessed few-shot data from {stem}.pkl")
             cache = read_official_pickle(stem + ".pkl", self.dataset_root)
-            return cache["train"], cache.get("val", val) if self.fewshot_val else val
+            cached_val = cache.get("val", val) if self.fewshot_val else val
+            self._check_fewshot_cache(stem + ".pkl", None, digest, cache["train"], cached_val, train, val)
+            return cache["train"], cached_val
 
         train = generate_fewshot_dataset(train, num_shots=num_shots)
         if self.fewshot_val:
@@ -379,14 +423,42 @@ class DatasetBase:
         cache = {"train": self._relative(train)}
         if self.fewshot_val:
             cache["val"] = self._relative(val)
+        cache["drawn_from_sha256"] = digest
         print(f"Saving preprocessed few-shot data to {stem}.json")
-        os.makedirs(self.split_fewshot_dir, exist_ok=True)
-        atomic_write_json(stem + ".json", cache)
+        try:
+            os.makedirs(self.split_fewshot_dir, exist_ok=True)
+            atomic_write_json(stem + ".json", cache)
+        except OSError as err:
+            # The draw depends only on the seed and the split, so every run draws these same shots again.
+            print(f"Warning: cannot write the few-shot cache {stem}.json ({short_reason(err)}); continuing without "
+                  "it (each run draws the same shots again). Make the dataset folder writable to keep it")
         return train, val
+
+    def _split_digest(self, train, val):
+        """SHA-256 of the lists the shots are drawn from (the train list, and the val list if sampled)."""
+        lists = [self._relative(train)] + ([self._relative(val)] if self.fewshot_val else [])
+        return hashlib.sha256(json.dumps(lists).encode()).hexdigest()
 
     def _relative(self, items):
         return [[os.path.relpath(item.impath, self.image_root), item.label, item.classname] for item in items]
 
+    def _check_fewshot_cache(self, path, recorded, digest, cached_train, cached_val, train, val):
+        fix = (f"Runs that used it saw other images than this split gives. Delete {path} to draw the shots again "
+               "from the current split (and rerun the runs that used the old cache)")
+        if recorded is not None:
+            if recorded != digest:
+                raise DatasetError(f"The few-shot cache {path} was drawn from another version of the split "
+                                   f"(the split file changed since it was written). {fix}")
+            return
+        pairs = [(cached_train, train)] + ([(cached_val, val)] if self.fewshot_val else [])
+        for cached, full in pairs:
+            members = {(item.impath, item.label) for item in full}
+            strangers = [item.impath for item in cached if (item.impath, item.label) not in members]
+            if strangers:
+                raise DatasetError(
+                    f"The few-shot cache {path} holds {len(strangers)} image(s) that are not in the current split's "
+                    f"{'train' if full is train else 'val'} list with the same label (e.g. {strangers[0]}): it was "
+                    f"drawn from another split. {fix}")
 
 def build_dataset(cfg, split_protocol=subsample_splits):
     return DATASETS.get(cfg.DATASET.NAME)(cfg, split_protocol)
@@ -417,12 +489,12 @@ def build_transform(cfg, is_train):
     choices = list(cfg.INPUT.TRANSFORMS)
     for name in choices:
         if name in DASSL_ONLY_TRANSFORMS:
-            raise ValueError(f"INPUT.TRANSFORMS '{name}' is a Dassl transform this benchmark does not implement; "
+            raise ConfigError(f"INPUT.TRANSFORMS '{name}' is a Dassl transform this benchmark does not implement; "
                              f"supported: {', '.join(SUPPORTED_TRANSFORMS)}")
         if name not in SUPPORTED_TRANSFORMS:
-            raise ValueError(f"Unknown INPUT.TRANSFORMS entry '{name}'; supported: {', '.join(SUPPORTED_TRANSFORMS)}")
+            raise ConfigError(f"Unknown INPUT.TRANSFORMS entry '{name}'; supported: {', '.join(SUPPORTED_TRANSFORMS)}")
     if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise ValueError(f"INPUT.INTERPOLATION must be one of {list(INTERPOLATION_MODES)}")
+        raise ConfigError(f"INPUT.INTERPOLATION must be one of {list(INTERPOLATION_MODES)}")
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
     size = tuple(cfg.INPUT.SIZE)
     normalize = T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
@@ -489,7 +561,7 @@ def build_data_loader(cfg, data_source, batch_size, transform, is_train, use_cud
     sampler_name = cfg.DATALOADER.TRAIN_X.SAMPLER if is_train else cfg.DATALOADER.TEST.SAMPLER
     samplers = {"RandomSampler": RandomSampler, "SequentialSampler": SequentialSampler}
     if sampler_name not in samplers:
-        raise ValueError(f"Unsupported sampler '{sampler_name}'; choose one of {list(samplers)}")
+        raise ConfigError(f"Unsupported sampler '{sampler_name}'; choose one of {list(samplers)}")
     return DataLoader(
         DatasetWrapper(cfg, data_source, transform, is_train),
         batch_size=batch_size,

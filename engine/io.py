@@ -5,6 +5,8 @@ import tempfile
 
 import torch
 
+TEMP_PREFIX = ".tmp-"  # an interrupted write leaves `<folder>/.tmp-*`; train.py removes them on start
+
 
 def _umask():
     mask = os.umask(0)
@@ -15,7 +17,7 @@ def _umask():
 def _atomic_write(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

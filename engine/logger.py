@@ -7,7 +7,7 @@ import time
 class _Tee:
     def __init__(self, stream, path):
         self.stream = stream
-        self.file = open(path, "a")
+        self.file = open(path, "a", buffering=1)  # line-buffered: a killed run's log keeps every full line
 
     def write(self, msg):
         self.stream.write(msg)

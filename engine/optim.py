@@ -9,6 +9,8 @@ current torch rejects; ours does not (README "Differences").
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, StepLR, MultiStepLR
 
+from engine.errors import ConfigError
+
 
 def build_optimizer(params, optim_cfg):
     """SGD / Adam / AdamW / RMSprop over one parameter group, with Dassl's hyper-parameters."""
@@ -29,7 +31,7 @@ def build_optimizer(params, optim_cfg):
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=optim_cfg.LR, momentum=optim_cfg.MOMENTUM,
                                    weight_decay=optim_cfg.WEIGHT_DECAY, alpha=optim_cfg.RMSPROP_ALPHA)
-    raise ValueError(f"Unsupported OPTIM.NAME '{name}'; choose sgd, adam, amsgrad, adamw or rmsprop")
+    raise ConfigError(f"Unsupported OPTIM.NAME '{name}'; choose sgd, adam, amsgrad, adamw or rmsprop")
 
 
 class _WarmupScheduler(LRScheduler):
@@ -94,7 +96,7 @@ def build_lr_scheduler(optimizer, optim_cfg):
     elif name == "multi_step":
         scheduler = MultiStepLR(optimizer, milestones=list(optim_cfg.STEPSIZE), gamma=optim_cfg.GAMMA)
     else:
-        raise ValueError(f"Unsupported OPTIM.LR_SCHEDULER '{name}'; choose cosine, single_step or multi_step")
+        raise ConfigError(f"Unsupported OPTIM.LR_SCHEDULER '{name}'; choose cosine, single_step or multi_step")
 
     if optim_cfg.WARMUP_EPOCH > 0:
         if not optim_cfg.WARMUP_RECOUNT:
@@ -104,5 +106,5 @@ def build_lr_scheduler(optimizer, optim_cfg):
         elif optim_cfg.WARMUP_TYPE == "linear":
             scheduler = LinearWarmupScheduler(optimizer, scheduler, optim_cfg.WARMUP_EPOCH, optim_cfg.WARMUP_MIN_LR)
         else:
-            raise ValueError(f"Unsupported OPTIM.WARMUP_TYPE '{optim_cfg.WARMUP_TYPE}'; choose constant or linear")
+            raise ConfigError(f"Unsupported OPTIM.WARMUP_TYPE '{optim_cfg.WARMUP_TYPE}'; choose constant or linear")
     return scheduler

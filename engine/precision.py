@@ -4,13 +4,21 @@ Reference meanings (common.md §7): fp16 keeps CLIP's mixed fp16/fp32 weights an
 fp16 prompt tensors with no loss scaling; fp32 converts CLIP to fp32; amp converts to fp32
 and runs forward under CUDA autocast with a GradScaler. bf16 is ours: fp32 parameters,
 bfloat16 autocast. On a CPU fp16 falls back to fp32 (CPU half matmuls are slow or missing).
+
+Test-only switch: `TRAIN_TEST_CPU_FP16=1` keeps PREC fp16 on the CPU, so the tests run the real
+fp16 path (the one GPU users run) without a GPU. It is not a user option: slow, and not how the
+reference behaves on a CPU.
 """
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
 
+from engine.errors import ConfigError
+
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
+TEST_CPU_FP16_ENV = "TRAIN_TEST_CPU_FP16"  # tests only: real fp16 on the CPU
 
 
 @dataclass
@@ -42,9 +50,9 @@ class Precision:
 
 def resolve_precision(prec, device):
     if prec not in PRECISIONS:
-        raise ValueError(f"PREC must be one of {', '.join(PRECISIONS)}, got {prec!r}")
+        raise ConfigError(f"PREC must be one of {', '.join(PRECISIONS)}, got {prec!r}")
     device = torch.device(device)
-    if prec == "fp16" and device.type != "cuda":
+    if prec == "fp16" and device.type != "cuda" and os.environ.get(TEST_CPU_FP16_ENV) != "1":
         print("PREC fp16 is not supported on CPU: running in fp32 instead")
         prec = "fp32"
     return Precision(prec, device)

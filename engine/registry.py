@@ -1,6 +1,8 @@
 """Name -> class registries for trainers and datasets (the only two registries)."""
 import difflib
 
+from engine.errors import UnknownNameError
+
 
 class Registry:
     """Maps the CoOp-family names (`CoOp`, `Caltech101`, ...) to classes.
@@ -35,7 +37,9 @@ class Registry:
             else:
                 guess = difflib.get_close_matches(name, list(self._entries), n=1)
             hint = f" Did you mean '{guess[0]}'?" if guess else ""
-            raise KeyError(f"Unknown {self.kind} '{name}'.{hint} Known: {', '.join(sorted(self._entries))}")
+            if self.kind == "trainer" and not guess:
+                hint += " A method kept outside the repository is loaded with --trainer-module FILE_OR_MODULE."
+            raise UnknownNameError(f"Unknown {self.kind} '{name}'.{hint} Known: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 
     def names(self):

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from engine.checkpoint import (CHECKPOINT_PREFIX, checkpoint_epochs, latest_checkpoint, load_checkpoint,
                                save_checkpoint)
-from engine.clip_loading import load_clip_to_cpu
+from engine.clip_loading import backbone_fingerprint, load_clip_to_cpu
 from engine.data import DataManager, subsample_splits
+from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.evaluator import Classification
 from engine.io import atomic_torch_save, atomic_write_json
 from engine.optim import build_lr_scheduler, build_optimizer
@@ -150,19 +152,43 @@ class TrainerBase:
         return self.checkpoint_module().state_dict()
 
     def load_checkpoint_state_dict(self, state_dict):
-        """Load weights from a checkpoint, recomputing class-dependent buffers."""
+        """Load weights from a checkpoint, recomputing class-dependent buffers; a trainable tensor
+        the checkpoint does not provide raises `CheckpointMismatch`."""
         state_dict = {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS}
         module = self.checkpoint_module()
         try:
             missing, unexpected = module.load_state_dict(state_dict, strict=False)
         except RuntimeError as err:
-            raise RuntimeError(
-                f"The checkpoint does not fit this model ({err}). A class-specific context (CSC) only "
-                "transfers to the same number of classes; other shapes must match the training config."
-            ) from err
-        missing = [k for k in missing if k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS and self.is_trainable(k)]
-        if missing or unexpected:
-            print(f"Warning: checkpoint keys missing {missing}, unexpected {unexpected}")
+            raise CheckpointMismatch(
+                f"{err}. A class-specific context (CSC) only transfers to the same number of classes; other shapes "
+                "must match the training config") from err
+        trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+        missing_trainable = [k for k in missing if k in trainable]
+        if missing_trainable:
+            raise CheckpointMismatch(f"it has no {missing_trainable}")
+        if unexpected:  # missing frozen tensors keep their CLIP values
+            print(f"Warning: unexpected checkpoint keys {unexpected}")
+
+    def apply_checkpoint(self, checkpoint, path):
+        """Check that a loaded checkpoint fits this run (backbone, every trainable tensor) and load it."""
+        recorded = checkpoint.get("backbone")
+        if isinstance(recorded, dict) and recorded.get("sha256") != self.backbone["sha256"]:
+            raise CheckpointError(
+                f"{path} was trained with the backbone {recorded.get('name')} (SHA-256 {recorded.get('sha256')}), "
+                f"this run uses {self.backbone['name']} (SHA-256 {self.backbone['sha256']}): its prompts only fit "
+                "the CLIP they were trained with. Set MODEL.BACKBONE.NAME (--backbone) to that file")
+        try:
+            self.load_checkpoint_state_dict(checkpoint["state_dict"])
+        except CheckpointMismatch as err:
+            raise CheckpointError(f"{path} does not fit {self.cfg.TRAINER.NAME}: {err}. "
+                                  f"{checkpoint_writer(path, checkpoint['state_dict'])}") from None
+
+    @property
+    def backbone(self):
+        """The CLIP this run uses, as recorded in its checkpoints (name and file SHA-256)."""
+        if getattr(self, "_backbone", None) is None:
+            self._backbone = backbone_fingerprint(self.cfg.MODEL.BACKBONE.NAME)
+        return self._backbone
 
     def report_frozen_mismatch(self, frozen):
         """Warn when an official whole-model file's frozen CLIP tensors differ from our backbone's.
@@ -188,8 +214,8 @@ class TrainerBase:
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = self.precision.prepare_clip(load_clip_to_cpu(cfg.MODEL.BACKBONE.NAME))
         if tuple(cfg.INPUT.SIZE) != (clip_model.visual.input_resolution,) * 2:
-            raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP input resolution "
-                             f"{clip_model.visual.input_resolution}")
+            raise ConfigError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the CLIP input resolution "
+                              f"{clip_model.visual.input_resolution}")
         print("Building custom CLIP")
         model = self.build_model(clip_model, self.classnames)
         print("Turning off gradients in both the image and the text encoder")
@@ -303,7 +329,8 @@ class TrainerBase:
     # ------------------------------------------------------------------------------
     def _training_state(self, epoch):
         return {"state_dict": self.checkpoint_state_dict(), "epoch": epoch + 1,
-                "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict()}
+                "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
+                "backbone": self.backbone}
 
     def save_model(self, epoch, file_name=None, val_result=None):
         state = self._training_state(epoch)
@@ -332,7 +359,7 @@ class TrainerBase:
         state, path = max(states, key=lambda s: s[0]["epoch"])
         print(f"Found checkpoint at {directory} (will resume training)")
         print(f'Loading checkpoint from "{path}"')
-        self.load_checkpoint_state_dict(state["state_dict"])
+        self.apply_checkpoint(state, path)
         print("Loaded model weights")
         # A file of the official code (a rerun into its output folder) may not restore: KgCoOp's and
         # MaPLe's optimizers hold other parameters, and every pickled scheduler is an inert
@@ -377,18 +404,24 @@ class TrainerBase:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
         save_dir = os.path.join(directory, self.checkpoint_name)
+        epochs = checkpoint_epochs(save_dir)
         if epoch is None and os.path.exists(os.path.join(save_dir, "model-best.pth.tar")):
             path = os.path.join(save_dir, "model-best.pth.tar")
         else:
+            if not epochs:
+                raise MissingFileError(
+                    f'No checkpoint "{CHECKPOINT_PREFIX}<E>" found in "{save_dir}". --model-dir is the output folder '
+                    f"of a {self.cfg.TRAINER.NAME} training run (it holds {self.checkpoint_name}/)"
+                    + (f"; {directory} holds {sorted(os.listdir(directory))[:8]}" if os.path.isdir(directory) else ""))
             if epoch is None or epoch < 0:
-                epochs = checkpoint_epochs(save_dir)
-                if not epochs:
-                    raise FileNotFoundError(f'No checkpoint "{CHECKPOINT_PREFIX}<E>" found in "{save_dir}"')
                 epoch = epochs[-1]
             path = os.path.join(save_dir, f"{CHECKPOINT_PREFIX}{epoch}")
+            if epoch not in epochs:
+                raise MissingFileError(f'No checkpoint "{path}" (--load-epoch {epoch}): the epochs saved in {save_dir} '
+                                       f"are {', '.join(map(str, epochs))}")
         checkpoint = load_checkpoint(path)
         print(f'Loading weights to {self.checkpoint_name} from "{path}" (epoch = {checkpoint.get("epoch")})')
-        self.load_checkpoint_state_dict(checkpoint["state_dict"])
+        self.apply_checkpoint(checkpoint, path)
         self.loaded_epoch = checkpoint.get("epoch")
         self.loaded_best = checkpoint.get("val_result") is not None  # a `best_val` selection
 
@@ -435,6 +468,7 @@ class TrainerBase:
         record = {
             "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME,
             "subsample": cfg.DATASET.SUBSAMPLE_CLASSES, "num_shots": cfg.DATASET.NUM_SHOTS,
+            "num_shots_used": self.dm.dataset.shots_used,
             "seed": cfg.SEED, "backbone": cfg.MODEL.BACKBONE.NAME, "split": split,
             "epoch": getattr(self, "loaded_epoch", None),
             "num_classes": self.num_classes,
@@ -443,6 +477,26 @@ class TrainerBase:
             "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         }
         atomic_write_json(os.path.join(self.output_dir, "results.json"), record, indent=2)
+
+
+class CheckpointMismatch(CheckpointError):
+    """Raised by `load_checkpoint_state_dict` when the weights do not fit; `apply_checkpoint` adds the file."""
+
+
+def checkpoint_writer(path, state_dict):
+    """Which method wrote a checkpoint: its run folder's config.yaml, else a look at its keys."""
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    config = os.path.join(run_dir, "config.yaml")
+    try:
+        with open(config) as f:
+            trainer = ((yaml.safe_load(f) or {}).get("TRAINER") or {}).get("NAME")
+        if trainer:
+            return f"It was written by {trainer} (per {config}); evaluate it with --trainer {trainer} and that config"
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    keys = list(state_dict)
+    return (f"No config.yaml beside it says which method wrote it; its keys are {keys[:8]}"
+            + (f" and {len(keys) - 8} more" if len(keys) > 8 else ""))
 
 
 def build_trainer(cfg):

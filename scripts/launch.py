@@ -99,6 +99,12 @@ def parse_args(argv=None):
     unknown = [a for a in args.opts if a.startswith("--")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    # These land unquoted on `#SBATCH` lines: a line break would add lines to the generated script.
+    for flag, values in (("--partition", [args.partition]), ("--account", [args.account]),
+                         ("--sbatch-arg", args.sbatch_arg), ("--output", [args.output])):
+        for value in values:
+            if any(c in value for c in "\n\r\0"):
+                parser.error(f"{flag} {value!r}: line breaks are not allowed (the value goes into the sbatch script)")
     return args
 
 

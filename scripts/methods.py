@@ -20,6 +20,7 @@ Run layouts (those of the official scripts):
 A run (or phase) is done when its `results.json` exists (the trainer writes it atomically after testing).
 """
 import argparse
+import difflib
 import os
 import shlex
 import sys
@@ -255,12 +256,20 @@ class GridError(ValueError):
 def resolve(method, dataset, seed, cfg="", output="output", shots=None, tag=""):
     """The run for `method` on `dataset` with `seed`; `cfg` overrides the paper config, `shots` the
     method's shot count (its `Method.shots`, else 16)."""
+    stems = sorted(f[:-5] for f in os.listdir(os.path.join(REPO, "configs", "datasets")) if f.endswith(".yaml"))
+    if dataset not in stems:
+        guess = difflib.get_close_matches(dataset.lower(), stems, 1)
+        raise GridError(f"Unknown dataset '{dataset}'." + (f" Did you mean '{guess[0]}'?" if guess else "")
+                        + f" Known (configs/datasets/): {', '.join(stems)}")
     entry = METHODS.get(method, Method())
     if shots in (None, ""):
         shots = 16 if entry.shots is None else entry.shots
     name = cfg or (entry.imagenet_config if dataset == "imagenet" and entry.imagenet_config else entry.config)
     if not name:
         known = ", ".join(m for m, e in METHODS.items() if e.config)
+        if method not in METHODS and _did_you_mean(method):
+            raise GridError(f"Unknown method '{method}'.{_did_you_mean(method)} (Methods with default configs: "
+                            f"{known}; any other method needs a config name or YAML path, METHOD:CFG.)")
         raise GridError(f"No default config for method '{method}': pass a config name or YAML path "
                         f"(methods with defaults: {known})")
     config_file = ""
@@ -270,12 +279,20 @@ def resolve(method, dataset, seed, cfg="", output="output", shots=None, tag=""):
     else:
         config_file = os.path.join(REPO, "configs", "trainers", entry.config_dir or method, f"{name}.yaml")
     if config_file and not os.path.isfile(config_file):
-        raise GridError(f"Config file not found: {config_file}")
+        hint = _did_you_mean(method) if method not in METHODS else ""
+        raise GridError(f"Config file not found: {config_file}{hint}")
     folder = f"{name}_{tag}" if tag else name
     dirs = [os.path.join(output, "base2new", phase, dataset, f"shots_{shots}", method, folder, f"seed{seed}")
             for phase in ("train_base", "test_new")]
     return Run(method, cfg, name, folder, config_file, dataset, int(seed), entry.opts, entry.eval_only, entry.runner,
                *dirs, shots=int(shots))
+
+
+def _did_you_mean(method):
+    """' Did you mean 'CoOp'?' for a near-miss of a known method name (case first), else ''."""
+    by_lower = {m.lower(): m for m in METHODS}
+    guess = [by_lower[method.lower()]] if method.lower() in by_lower else difflib.get_close_matches(method, METHODS, 1)
+    return f" Did you mean '{guess[0]}'?" if guess else ""
 
 
 def split_list(text, kind):

@@ -8,6 +8,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+import datasets  # noqa: E402,F401  (registers the datasets: train.py imports them only inside main)
+import trainers  # noqa: E402,F401  (registers the trainers)
 from tests.helpers.tiny_clip import make_tiny_clip  # noqa: E402
 
 # Options that make any trainer config run on the tiny CLIP on a CPU in seconds.

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from engine.errors import ConfigError
 from trainers.prompting import PromptedTextEncoder, run_block
 
 
@@ -56,7 +57,7 @@ def tower_sizes(clip_model):
     """Widths and block counts of both towers of a (ViT) CLIP."""
     visual = clip_model.visual
     if not hasattr(visual, "transformer"):
-        raise ValueError("Deep vision prompts need a ViT CLIP backbone (e.g. ViT-B/16), not a ResNet")
+        raise ConfigError("Deep vision prompts need a ViT CLIP backbone (e.g. ViT-B/16), not a ResNet")
     return TowerSizes(text_width=clip_model.ln_final.weight.shape[0], vision_width=visual.ln_pre.weight.shape[0],
                       text_layers=len(clip_model.transformer.resblocks),
                       vision_layers=len(visual.transformer.resblocks))
@@ -114,7 +115,7 @@ class DeepPromptedVisionEncoder(nn.Module):
     def __init__(self, visual):
         super().__init__()
         if not hasattr(visual, "transformer"):
-            raise ValueError("Deep vision prompts need a ViT CLIP backbone (e.g. ViT-B/16), not a ResNet")
+            raise ConfigError("Deep vision prompts need a ViT CLIP backbone (e.g. ViT-B/16), not a ResNet")
         self.conv1 = visual.conv1
         self.class_embedding = visual.class_embedding
         self.positional_embedding = visual.positional_embedding

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
 from trainers.dpc import DPCMixin, add_dpc_config, substituted_parameters
@@ -105,7 +106,7 @@ class DGPromptLearner(nn.Module):
         sizes = tower_sizes(clip_model)
         depth = opts.DEPTH
         if not 1 <= depth <= min(sizes.text_layers, sizes.vision_layers):
-            raise ValueError(f"TRAINER.DGPROMPT.DEPTH must be between 1 and the number of layers "
+            raise ConfigError(f"TRAINER.DGPROMPT.DEPTH must be between 1 and the number of layers "
                              f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
         print(f"{NAME}: depth {depth}, {opts.N_CTX_T}+{opts.N_CTX_V} tokens, TGV {opts.TGV}, IGT {opts.IGT}")
         init = init_context(clip_model, opts.N_CTX_T, opts.CTX_INIT, phrase_sets_length=False)

@@ -27,7 +27,9 @@ from engine.checkpoint import CHECKPOINT_PREFIX, checkpoint_epochs, load_checkpo
 from engine.config import add_key_aliases
 from engine.data import read_image, subsample_splits
 from engine.io import atomic_write_json
+from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.registry import TRAINERS
+from engine.trainer import CheckpointMismatch, checkpoint_writer
 from trainers.coop import CoOp
 from trainers.ivlp import IVLP
 from trainers.kgcoop import KgCoOp
@@ -59,13 +61,13 @@ def add_dpc_config(cfg):
 
 def _converse_only(value):
     if "converse" not in str(value):
-        raise ValueError(f"SPLE.STACK.MODE {value!r}: only DPC's 'converse' mode is implemented (dpc.md §3.5)")
+        raise ConfigError(f"SPLE.STACK.MODE {value!r}: only DPC's 'converse' mode is implemented (dpc.md §3.5)")
     return []
 
 
 def _clone_init_only(value):
     if str(value) != "True":
-        raise ValueError("SPLE.SPLE_TRAINER.SPLE_INIT False is not supported: the parallel prompt starts at P")
+        raise ConfigError("SPLE.SPLE_TRAINER.SPLE_INIT False is not supported: the parallel prompt starts at P")
     return []
 
 
@@ -116,7 +118,7 @@ def write_picture_library(path, records, image_root):
 def read_picture_library(path, image_root):
     """{classname: [absolute paths]} from an official library file (only `train[0][name][1]` is used)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"TRAINER.DPC.PIC_LIB (SPLE.PIC_LIB): no such file: {path}")
+        raise MissingFileError(f"TRAINER.DPC.PIC_LIB (SPLE.PIC_LIB): no such file: {path}")
     with open(path) as f:
         train = json.load(f)["train"][0]
     return {name: [os.path.join(image_root, p) for p in entry[1]] for name, entry in train.items()}
@@ -172,7 +174,7 @@ class HardNegativeSampler:
                  dedup_anchors=False, non_repeat=True, fallback_skips_last=True):
         missing = [name for name in classnames if not library.get(name)]
         if missing:
-            raise ValueError(f"The picture library has no images for base classes {missing}")
+            raise ConfigError(f"The picture library has no images for base classes {missing}")
         self.paths = [library[name] for name in classnames]  # per base label, file order kept
         self.transform = transform
         self.topk = topk
@@ -286,11 +288,11 @@ class DPCMixin:
         self.dpc_cfg = opts = cfg.TRAINER.DPC
         for key, choices in _CHOICES.items():
             if opts[key] not in choices:
-                raise ValueError(f"TRAINER.DPC.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
+                raise ConfigError(f"TRAINER.DPC.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
         if not 0 < opts.WEIGHT_BASE <= 1 or not 0 <= opts.WEIGHT_NEW <= 1:
-            raise ValueError("TRAINER.DPC.WEIGHT_BASE must be in (0, 1] and WEIGHT_NEW in [0, 1]")
+            raise ConfigError("TRAINER.DPC.WEIGHT_BASE must be in (0, 1] and WEIGHT_NEW in [0, 1]")
         if not opts.BACKBONE_DIR:
-            raise ValueError("TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) must name the stage-1 run directory")
+            raise ConfigError("TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) must name the stage-1 run directory")
         super().__init__(cfg)
         self.prompt_names = [name for name, p in self.model.named_parameters()
                              if p.requires_grad and self.is_dpc_prompt(name)]
@@ -309,11 +311,12 @@ class DPCMixin:
             epoch = epochs[-1]
         path = os.path.join(save_dir, f"{CHECKPOINT_PREFIX}{epoch}")
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"Stage-1 checkpoint not found: {path} (epochs present: {epochs or 'none'}). "
                 "TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) is the stage-1 run directory, the folder holding "
                 f"'{self.checkpoint_name}/', and BACKBONE_EPOCH (SPLE.BACK_CKPT_EPOCH) its epoch (-1: latest)")
-        state_dict = load_checkpoint(path)["state_dict"]
+        checkpoint = load_checkpoint(path)
+        state_dict = checkpoint["state_dict"]
         module = self.checkpoint_module()
         keys = {id(p): key for key, p in module.named_parameters()}  # how the checkpoint names each tensor
         pretuned = {}
@@ -321,10 +324,10 @@ class DPCMixin:
             param = self.model.get_parameter(name)
             key = keys.get(id(param))
             if key not in state_dict:
-                raise KeyError(f"Stage-1 checkpoint {path} has no '{key}': is it a run of the backbone of "
-                               f"{self.cfg.TRAINER.NAME}?")
+                raise CheckpointError(f"Stage-1 checkpoint {path} has no '{key}': it is not a run of the backbone of "
+                                      f"{self.cfg.TRAINER.NAME}. {checkpoint_writer(path, state_dict)}")
             if state_dict[key].shape != param.shape:
-                raise ValueError(
+                raise ConfigError(
                     f"Stage-1 '{key}' in {path} has shape {tuple(state_dict[key].shape)}, this model "
                     f"{tuple(param.shape)}: stage 2 needs the stage-1 prompt settings (e.g. TRAINER.COOP.N_CTX, "
                     "CTX_INIT, CSC) and, for class-specific contexts, the same classes")
@@ -332,8 +335,8 @@ class DPCMixin:
                 param.copy_(state_dict[key])
             pretuned[name] = param.detach().clone()
         # Stage-1 tensors that are not cloned (a subclass narrowing `trainable`, e.g. DPL's gates or
-        # DGPrompt's generators) keep their stage-1 values, frozen.
-        self.load_checkpoint_state_dict(state_dict)
+        # DGPrompt's generators) keep their stage-1 values, frozen. A stage 1 trained with another CLIP is refused.
+        self.apply_checkpoint(checkpoint, path)
         print(f'Loaded the tuned prompt P from "{path}"')
         return pretuned
 
@@ -633,8 +636,8 @@ class DPC_PromptKD(DPCMixin, PromptKD):
         text_names = [name for name in self.prompt_names if self.is_text_prompt(name)]
         missing = [official_text_name(n) for n in text_names if official_text_name(n) not in state_dict]
         if missing:
-            raise KeyError(f"The checkpoint lacks the DPC_PromptKD text prompts {missing[:3]}: it is not a "
-                           "DPC_PromptKD checkpoint of this teacher")
+            raise CheckpointMismatch(f"it lacks the DPC_PromptKD text prompts {missing[:3]}: it is not a "
+                                     "DPC_PromptKD checkpoint of this teacher")
         with torch.no_grad():
             for name in text_names:
                 self.model.get_parameter(name).copy_(state_dict[official_text_name(name)])

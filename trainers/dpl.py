@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
 from trainers.dpc import DPCMixin, add_dpc_config
@@ -139,7 +140,7 @@ class DPLPromptLearner(nn.Module):
         super().__init__()
         for key, choices in _CHOICES.items():
             if opts[key] not in choices:
-                raise ValueError(f"TRAINER.DPL.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
+                raise ConfigError(f"TRAINER.DPL.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
         sizes = tower_sizes(clip_model)
         self.vision = opts.BRANCH in ("both", "vision")
         self.text = opts.BRANCH in ("both", "text")
@@ -153,7 +154,7 @@ class DPLPromptLearner(nn.Module):
             check_alpha(opts)
         if opts.COUPLE == "linear" and (opts.BRANCH != "both" or opts.N_CTX_V != opts.N_CTX_T
                                         or opts.DEPTH_V > opts.DEPTH_T):
-            raise ValueError("TRAINER.DPL.COUPLE linear needs BRANCH both, N_CTX_V == N_CTX_T and DEPTH_V <= DEPTH_T")
+            raise ConfigError("TRAINER.DPL.COUPLE linear needs BRANCH both, N_CTX_V == N_CTX_T and DEPTH_V <= DEPTH_T")
         print(f"{NAME}: branch {opts.BRANCH}, mix {opts.MIX}, LCTP {opts.LCTP}, couple {opts.COUPLE}")
 
         # Prompts are fp32 in every precision and cast to the activation dtype where they are used.
@@ -192,15 +193,15 @@ class DPLPromptLearner(nn.Module):
 
 def check_depth(key, depth, layers):
     if not 1 <= depth <= layers:
-        raise ValueError(f"TRAINER.DPL.{key} must be between 1 and the tower's {layers} layers, got {depth}")
+        raise ConfigError(f"TRAINER.DPL.{key} must be between 1 and the tower's {layers} layers, got {depth}")
 
 
 def check_alpha(opts):
     if not 0 <= opts.ALPHA_INIT <= opts.ALPHA_MAX or opts.ALPHA_MAX <= 0:
-        raise ValueError(f"TRAINER.DPL needs 0 <= ALPHA_INIT <= ALPHA_MAX and ALPHA_MAX > 0, got "
+        raise ConfigError(f"TRAINER.DPL needs 0 <= ALPHA_INIT <= ALPHA_MAX and ALPHA_MAX > 0, got "
                          f"{opts.ALPHA_INIT} and {opts.ALPHA_MAX}")
     if opts.ALPHA_LEARN and opts.ALPHA_INIT in (0, opts.ALPHA_MAX):
-        raise ValueError("TRAINER.DPL.ALPHA_INIT at 0 or ALPHA_MAX saturates the gate (no gradient): "
+        raise ConfigError("TRAINER.DPL.ALPHA_INIT at 0 or ALPHA_MAX saturates the gate (no gradient): "
                          "set ALPHA_LEARN False to keep it fixed there")
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.registry import TRAINERS
-from engine.trainer import TrainerBase
+from engine.errors import ConfigError
+from engine.trainer import CheckpointMismatch, TrainerBase
 from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedCLIP, assemble_prompts, build_class_prompts, init_context
 
@@ -108,10 +109,10 @@ class IVLPModel(PromptedCLIP):
         super().__init__(clip_model)
         sizes = tower_sizes(clip_model)
         if opts.PROMPT_DEPTH_TEXT < 1:
-            raise ValueError(f"PROMPT_DEPTH_TEXT must be >= 1 (1 = the first layer's context only), "
+            raise ConfigError(f"PROMPT_DEPTH_TEXT must be >= 1 (1 = the first layer's context only), "
                              f"got {opts.PROMPT_DEPTH_TEXT}")
         if opts.PROMPT_DEPTH_VISION < 0:
-            raise ValueError(f"PROMPT_DEPTH_VISION must be >= 0 (0 = no vision prompt), got {opts.PROMPT_DEPTH_VISION}")
+            raise ConfigError(f"PROMPT_DEPTH_VISION must be >= 0 (0 = no vision prompt), got {opts.PROMPT_DEPTH_VISION}")
         print("Independent V-L design")
         self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
@@ -174,7 +175,6 @@ class IVLP(TrainerBase):
         prompts = {k: v for k, v in state_dict.items() if is_ivlp_trainable(k)}
         missing = [k for k, p in self.model.named_parameters() if is_ivlp_trainable(k) and k not in prompts]
         if missing:
-            raise KeyError(f"The checkpoint lacks the {self.cfg.TRAINER.NAME} prompt tensors {missing[:4]}"
-                           f"{' ...' if len(missing) > 4 else ''}: it was written by another method or with "
-                           "other PROMPT_DEPTH_* / N_CTX_* settings")
+            raise CheckpointMismatch(f"it lacks the prompt tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}: "
+                                     "it was written by another method or with other PROMPT_DEPTH_* / N_CTX_* settings")
         TrainerBase.load_checkpoint_state_dict(self, prompts)

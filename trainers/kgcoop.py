@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from engine.clip_loading import clip
 from engine.config import add_key_aliases
+from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
 from trainers.coop import CoOpPromptLearner, add_coop_config
@@ -102,7 +103,7 @@ class KgCoOp(TrainerBase):
 
     def build_model(self, clip_model, classnames):
         if self.cfg.TRAINER.COOP.KG_LOSS not in KG_LOSSES:
-            raise ValueError(f"TRAINER.COOP.KG_LOSS must be one of {KG_LOSSES}, got {self.cfg.TRAINER.COOP.KG_LOSS!r}")
+            raise ConfigError(f"TRAINER.COOP.KG_LOSS must be one of {KG_LOSSES}, got {self.cfg.TRAINER.COOP.KG_LOSS!r}")
         return KgCoOpModel(self.cfg, classnames, clip_model, self.device)
 
     def compute_loss(self, batch):

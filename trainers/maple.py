@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.registry import TRAINERS
-from engine.trainer import TrainerBase
+from engine.errors import ConfigError
+from engine.trainer import CheckpointMismatch, TrainerBase
 from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedCLIP, assemble_prompts, build_class_prompts, init_context
 
@@ -36,7 +37,7 @@ class MaPLePromptLearner(nn.Module):
         sizes = tower_sizes(clip_model)
         depth = opts.PROMPT_DEPTH
         if not 1 <= depth <= min(sizes.text_layers, sizes.vision_layers):
-            raise ValueError(f"TRAINER.MAPLE.PROMPT_DEPTH must be between 1 and the number of layers "
+            raise ConfigError(f"TRAINER.MAPLE.PROMPT_DEPTH must be between 1 and the number of layers "
                              f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
         dtype = clip_model.dtype
         print("MaPLe design: Multi-modal Prompt Learning")
@@ -118,7 +119,6 @@ class MaPLe(TrainerBase):
         loaded (the configured backbone is kept) but compared with ours, and a mismatch is reported."""
         learner = {k: v for k, v in state_dict.items() if k.startswith(PREFIX)}
         if not learner:
-            raise KeyError(f"The checkpoint has no '{PREFIX}*' keys: it is not a MaPLe checkpoint "
-                           f"(first keys: {list(state_dict)[:5]})")
+            raise CheckpointMismatch(f"it has no '{PREFIX}*' keys, so it is not a MaPLe checkpoint")
         self.report_frozen_mismatch({k: v for k, v in state_dict.items() if not k.startswith(PREFIX)})
         super().load_checkpoint_state_dict(learner)

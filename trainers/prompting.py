@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from engine.clip_loading import clip
+from engine.errors import ConfigError
 
 _tokenizer = clip.simple_tokenizer.SimpleTokenizer()
 
@@ -102,7 +103,7 @@ def assemble_prompts(ctx, prefix, suffix, name_lens=None, position="end"):
     if position == "end":
         return torch.cat([prefix, ctx, suffix], dim=1)
     if position not in ("middle", "front"):
-        raise ValueError(f"CLASS_TOKEN_POSITION must be end, middle or front, got {position!r}")
+        raise ConfigError(f"CLASS_TOKEN_POSITION must be end, middle or front, got {position!r}")
     half = ctx.shape[1] // 2
     prompts = []
     for i, name_len in enumerate(name_lens):

@@ -25,7 +25,8 @@ from engine.checkpoint import CHECKPOINT_PREFIX, checkpoint_epochs, load_checkpo
 from engine.clip_loading import load_clip_to_cpu
 from engine.data import subsample_classes
 from engine.registry import TRAINERS
-from engine.trainer import TrainerBase
+from engine.errors import CheckpointError, ConfigError, MissingFileError
+from engine.trainer import CheckpointMismatch, TrainerBase
 from trainers.deep_prompting import DeepPromptedVisionEncoder
 from trainers.ivlp import IVLPModel, add_vision_prompts, encode_prompted_image, is_ivlp_trainable
 from trainers.promptsrc import GPA_KEY, Aggregation, fold_constant
@@ -76,7 +77,7 @@ def promptkd_splits(cfg, train, val, test):
 
 def check_modal(cfg):
     if cfg.TRAINER.MODAL not in MODALS:
-        raise ValueError(f"TRAINER.MODAL must be one of {', '.join(MODALS)}, got {cfg.TRAINER.MODAL!r}")
+        raise ConfigError(f"TRAINER.MODAL must be one of {', '.join(MODALS)}, got {cfg.TRAINER.MODAL!r}")
 
 
 # ----------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def teacher_checkpoint_path(cfg):
 
 
 def missing_teacher_error(path, cfg):
-    return FileNotFoundError(
+    return MissingFileError(
         f"PromptKD teacher checkpoint not found: {path}\n"
         f"PromptKD distils from a frozen {cfg.TRAINER.PROMPTKD.TEACHER_NAME} PromptSRC teacher tuned on this "
         f"dataset's base classes. Set TRAINER.PROMPTKD.TEACHER_CKPT to its file or run directory, or put it at "
@@ -168,7 +169,7 @@ def load_teacher(cfg, classnames, precision):
           f"{design.PROMPT_DEPTH_VISION}")
     teacher_clip = precision.prepare_clip(load_clip_to_cpu(opts.TEACHER_NAME))
     if tuple(cfg.INPUT.SIZE) != (teacher_clip.visual.input_resolution,) * 2:
-        raise ValueError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the teacher CLIP "
+        raise ConfigError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the teacher CLIP "
                          f"{opts.TEACHER_NAME} input resolution {teacher_clip.visual.input_resolution}")
     teacher = IVLPModel(design, classnames, teacher_clip)
     missing = [k for k in expected if k not in state_dict]
@@ -179,11 +180,11 @@ def load_teacher(cfg, classnames, precision):
     try:
         _, unexpected = teacher.load_state_dict(state_dict, strict=False)
     except RuntimeError as err:
-        raise RuntimeError(f"The teacher checkpoint {path} does not fit the teacher CLIP {opts.TEACHER_NAME} "
+        raise CheckpointError(f"The teacher checkpoint {path} does not fit the teacher CLIP {opts.TEACHER_NAME} "
                            f"({err}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP it was trained on") from err
     foreign = [k for k in unexpected if k.startswith(("image_encoder.", "text_encoder."))]
     if foreign:
-        raise KeyError(f"The teacher checkpoint {path} has tensors the teacher CLIP {opts.TEACHER_NAME} lacks "
+        raise CheckpointError(f"The teacher checkpoint {path} has tensors the teacher CLIP {opts.TEACHER_NAME} lacks "
                        f"({foreign[:4]}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP it was trained on")
     if unexpected:
         print(f"Teacher checkpoint entries not used by the teacher: {unexpected}")
@@ -237,9 +238,9 @@ class PromptKDModel(nn.Module):
     def __init__(self, opts, clip_model, teacher):
         super().__init__()
         if opts.PROMPT_DEPTH_TEXT < 1:
-            raise ValueError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_TEXT must be >= 1, got {opts.PROMPT_DEPTH_TEXT}")
+            raise ConfigError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_TEXT must be >= 1, got {opts.PROMPT_DEPTH_TEXT}")
         if opts.PROMPT_DEPTH_VISION < 0:
-            raise ValueError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_VISION must be >= 0, got {opts.PROMPT_DEPTH_VISION}")
+            raise ConfigError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_VISION must be >= 0, got {opts.PROMPT_DEPTH_VISION}")
         self.teacher = teacher
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         self.n_ctx_vision = add_vision_prompts(self.image_encoder, opts.N_CTX_VISION, opts.PROMPT_DEPTH_VISION)
@@ -381,15 +382,15 @@ class PromptKD(TrainerBase):
         student = {k: v for k, v in state_dict.items() if k in ours}
         missing = [k for k in ours if k not in student]
         if missing:
-            raise KeyError(f"The checkpoint lacks the {self.cfg.TRAINER.NAME} student tensors {missing[:4]}"
-                           f"{' ...' if len(missing) > 4 else ''}: it was written by another method or with other "
-                           "PROMPT_DEPTH_VISION / N_CTX_VISION settings")
+            raise CheckpointMismatch(f"it lacks the student tensors {missing[:4]}{' ...' if len(missing) > 4 else ''}: "
+                                     "it was written by another method or with other PROMPT_DEPTH_VISION / "
+                                     "N_CTX_VISION settings")
         self.report_frozen_mismatch({k: v for k, v in state_dict.items()
                                      if k not in ours and k.startswith(("image_encoder.", "logit_scale"))})
         try:
             self.model.load_state_dict(student, strict=False)
         except RuntimeError as err:
-            raise RuntimeError(f"The checkpoint does not fit this student ({err}): the student CLIP "
+            raise CheckpointMismatch(f"The checkpoint does not fit this student ({err}): the student CLIP "
                                "(MODEL.BACKBONE.NAME) and the teacher must be the ones it was trained with") from err
 
 

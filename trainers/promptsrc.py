@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.registry import TRAINERS
-from engine.trainer import CLASS_DEPENDENT_BUFFERS
+from engine.errors import ConfigError
+from engine.trainer import CLASS_DEPENDENT_BUFFERS, CheckpointMismatch
 from trainers.ivlp import IVLP, IVLPModel, is_ivlp_trainable
 from trainers.prompting import class_text, tokenize
 from trainers.templates import PROMPTSRC_TEMPLATES
@@ -180,7 +181,7 @@ class PromptSRC(IVLP):
         self.aggregation = Aggregation(float(opts.GPA_MEAN), float(opts.GPA_STD), max_epoch,
                                        bool(opts.GPA_TRAINABLE_ONLY))
         if opts.GPA_STD <= 0:
-            raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0, got {opts.GPA_STD}")
+            raise ConfigError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0, got {opts.GPA_STD}")
         if self.aggregates_epochs and not 1 <= opts.GPA_MEAN <= max_epoch:
             # Reference behaviour: the weights are normalised over 1..MAX_EPOCH whatever the mean.
             print(f"Warning: TRAINER.PROMPTSRC.GPA_MEAN {opts.GPA_MEAN} lies outside the epochs 1..{max_epoch}: "
@@ -284,7 +285,7 @@ class PromptSRC(IVLP):
             with torch.no_grad():
                 for key, value in frozen.items():
                     if value.shape != ours[key].shape:
-                        raise ValueError(f"Checkpoint tensor '{key}' has shape {tuple(value.shape)}, the backbone "
+                        raise CheckpointMismatch(f"Checkpoint tensor '{key}' has shape {tuple(value.shape)}, the backbone "
                                          f"{self.cfg.MODEL.BACKBONE.NAME} {tuple(ours[key].shape)}: the file was "
                                          "trained with another CLIP (set MODEL.BACKBONE.NAME to it)")
                     ours[key].copy_(value)

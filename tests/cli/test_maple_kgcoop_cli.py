@@ -8,6 +8,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg, merge_from_file
+from engine.errors import CheckpointError
 from tests.helpers.cli import REPO, read_results, run_train
 from tests.helpers.official import make_official_style_checkpoint
 from trainers.maple import MaPLeModel
@@ -138,7 +139,7 @@ def test_file_without_prompt_learner_keys_is_refused(data_root, tiny_clip_path, 
     os.makedirs(tmp_path / "bad" / "MultiModalPromptLearner")
     torch.save({"state_dict": {"ctx": torch.zeros(2, 128)}, "epoch": 2},
                tmp_path / "bad" / "MultiModalPromptLearner" / "model.pth.tar-2")
-    with pytest.raises(KeyError, match="no 'prompt_learner.\\*' keys"):
+    with pytest.raises(CheckpointError, match=r"tar-2 does not fit MaPLe: it has no 'prompt_learner.\*' keys"):
         evaluate(MAPLE, data_root, tiny_clip_path, tiny_opts, tmp_path / "out", tmp_path / "bad")
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.checkpoint import checkpoint_epochs, latest_checkpoint, load_checkpoint, save_checkpoint
+from engine.errors import CheckpointError
 from tests.helpers.official import make_official_style_checkpoint
 
 
@@ -44,3 +45,35 @@ def test_a_file_that_would_run_code_is_refused(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="Model not found"):
         load_checkpoint(str(tmp_path / "prompt_learner" / "model.pth.tar-3"))
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    path = save_checkpoint({"state_dict": {"ctx": torch.ones(64, 64)}, "epoch": 5}, str(tmp_path), 5)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"Cannot read checkpoint {path} .*truncated"):
+        load_checkpoint(path)
+
+
+def test_torchscript_archive_as_checkpoint_is_refused_unopened(tmp_path):
+    from tests.helpers.crafted import make_tiny_clip_archive
+
+    target = tmp_path / "written_by_the_archive"
+    path = make_tiny_clip_archive(tmp_path / "model.pth.tar-1", write_on_load=target)
+    with pytest.raises(CheckpointError, match="TorchScript archive, not a checkpoint"):
+        load_checkpoint(path)
+    assert not target.exists()
+
+
+def test_file_without_state_dict_is_not_a_checkpoint(tmp_path):
+    torch.save({"ctx": torch.zeros(2)}, tmp_path / "model.pth.tar-1")
+    with pytest.raises(CheckpointError, match="no 'state_dict'"):
+        load_checkpoint(str(tmp_path / "model.pth.tar-1"))
+
+
+def test_checkpoint_pointer_never_leaves_its_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    torch.save({"state_dict": {}, "epoch": 9}, tmp_path / "elsewhere.pth")
+    (tmp_path / "run" / "checkpoint").write_text("../elsewhere.pth\n")
+    assert latest_checkpoint(str(tmp_path / "run")) is None

@@ -14,7 +14,9 @@ from PIL import Image
 import trainers  # noqa: F401  (registers DPC and its SPLE.* aliases)
 from engine.checkpoint import load_checkpoint
 from engine.config import build_cfg, merge_from_file, merge_from_list, setup_cfg
+from engine.errors import CheckpointError
 from engine.trainer import build_trainer, set_random_seed
+from tests.helpers.tiny_clip import make_tiny_clip
 from train import build_parser
 from trainers.dpc import (HardNegativeSampler, contrastive_loss, negatives_for_anchor, read_picture_library,
                           substituted_parameters, write_picture_library)
@@ -466,3 +468,11 @@ def test_missing_or_mismatched_stage1_is_a_clear_error(make_dpc, data_root, tiny
         build(data_root, tiny_clip_path, tiny_opts, tmp_path / "x", "TRAINER.DPC.BACKBONE_DIR", str(tmp_path / "none"))
     with pytest.raises(ValueError, match=r"shape \(4, 128\), this model \(2, 128\).*N_CTX"):
         make_dpc("TRAINER.COOP.N_CTX", "2")
+
+
+def test_stage1_trained_with_another_clip_is_refused(stage1, data_root, tiny_opts, tmp_path):
+    """Same shapes, other weights: the stage-1 checkpoint records its backbone's SHA-256."""
+    other_clip = make_tiny_clip(tmp_path / "other_clip.pt", seed=1)
+    with pytest.raises(CheckpointError, match=r"model.pth.tar-1 was trained with the backbone .*tiny_clip.pt.*"
+                                              r"this run uses .*other_clip.pt"):
+        build(data_root, other_clip, tiny_opts, tmp_path / "stage2", "TRAINER.DPC.BACKBONE_DIR", stage1)
