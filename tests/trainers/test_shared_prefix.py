@@ -134,6 +134,16 @@ def test_fp16_features_agree_to_a_few_ulps(tiny_clip_path, build):
     assert (shared - plain).abs().max() <= 4 * ulp
 
 
+def test_bf16_autocast_features_agree_to_a_few_ulps(clip_fp32):
+    """PREC bf16 (fp32 weights, bfloat16 autocast; CPU autocast here, CUDA's in a GPU run)."""
+    torch.manual_seed(0)
+    model = CoOpModel(build_cfg(), CLASSNAMES, clip_fp32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        shared = F.normalize(use_shared_prefix(model, True).encode_text().float(), dim=-1)
+        plain = F.normalize(use_shared_prefix(model, False).encode_text().float(), dim=-1)
+    assert (shared - plain).abs().max() <= 4 * torch.finfo(torch.bfloat16).eps * plain.abs().max()
+
+
 # ---- which prompts share a prefix ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
