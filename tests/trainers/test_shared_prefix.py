@@ -25,8 +25,8 @@ from trainers.prompting import (PromptedTextEncoder, SharedPrefix, assemble_prom
                                 use_shared_prefix)
 
 CLASSNAMES = ["face", "great_white_shark", "2000 AM General Hummer SUV", "leopard", "motorbike"]
-# Trainers whose text prompts have a shared prefix: the fast path must actually run for them.
 TINY_LAYERS = TINY_CLIP["transformer_layers"]
+# Trainers whose text prompts have a shared prefix: the fast path must actually run for them.
 SHARES_PREFIX = {"CoOp", "KgCoOp", "MaPLe", "DGPrompt", "DPC_CoOp", "DPC_KgCoOp", "DPC_MaPLe", "DPC_DGPrompt"}
 
 
@@ -38,11 +38,11 @@ def registered_trainers():
     return sorted(names.values())
 
 
-def build_model(name, clip_path):
-    """The trainer's model and requires_grad flags, as `build_trainer_model` makes them (fp32, CPU).
+def build_trainer(name, clip_path):
+    """A trainer with its model and requires_grad flags, as `build_trainer_model` makes them (fp32, CPU).
 
-    The trainer is not constructed: its data loaders (and DPC's stage-1 lookup) do not touch the text
-    path. Method defaults, with prompt depths capped at the tiny CLIP's 3 blocks.
+    `__init__` does not run: its data loaders (and DPC's stage-1 lookup) do not touch the text path.
+    Method defaults, with prompt depths capped at the tiny CLIP's 3 blocks.
     """
     trainer = object.__new__(TRAINERS.get(name))
     trainer.cfg = cfg = build_cfg()
@@ -66,6 +66,7 @@ def build_model(name, clip_path):
 
 
 def count_shared_blocks(monkeypatch):
+    """A list that grows by one per block run on the shared-prefix path."""
     calls = []
 
     def counted(*args):
@@ -96,7 +97,7 @@ def train_and_eval(trainer, images, share):
 
 @pytest.mark.parametrize("name", registered_trainers())
 def test_shared_prefix_equals_the_plain_encoder(name, tiny_clip_path, monkeypatch):
-    trainer = build_model(name, tiny_clip_path)
+    trainer = build_trainer(name, tiny_clip_path)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     calls = count_shared_blocks(monkeypatch)
     shared = train_and_eval(trainer, images, share=True)
