@@ -6,6 +6,8 @@ features and gradients must equal the plain path's to float rounding, in trainin
 evaluation; the test is parametrised over the trainer registry, so trainers registered later are
 covered without edits.
 """
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,6 @@ import trainers.deep_prompting
 import trainers.prompting
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg
-from engine.precision import resolve_precision
 from engine.registry import TRAINERS
 from tests.helpers.tiny_clip import TINY_CLIP
 from trainers.coop import CoOpModel
@@ -38,25 +39,24 @@ def registered_trainers():
     return sorted(names.values())
 
 
-def build_trainer(name, clip_path):
-    """A trainer with its model and requires_grad flags, as `build_trainer_model` makes them (fp32, CPU).
+def build_trainer(name, clip_model):
+    """A trainer with its model (on a copy of `clip_model`) and requires_grad flags as the engine sets them.
 
     `__init__` does not run: its data loaders (and DPC's stage-1 lookup) do not touch the text path.
-    Method defaults, with prompt depths capped at the tiny CLIP's 3 blocks.
+    Method defaults in fp32, with prompt depths capped at the tiny CLIP's 3 blocks.
     """
     trainer = object.__new__(TRAINERS.get(name))
     trainer.cfg = cfg = build_cfg()
-    cfg.TRAINER.NAME, cfg.DATASET.NAME, cfg.MODEL.BACKBONE.NAME = name, "Caltech101", clip_path
-    cfg.INPUT.SIZE = (32, 32)
+    cfg.TRAINER.NAME, cfg.DATASET.NAME = name, "Caltech101"
     opts = cfg.TRAINER[trainer.config_node]
     opts.PREC = "fp32"
     for key, value in opts.items():
         if "DEPTH" in key and isinstance(value, int):
             opts[key] = min(value, TINY_LAYERS)
     trainer.device = torch.device("cpu")
-    trainer.precision = resolve_precision("fp32", trainer.device)
-    trainer.classnames = CLASSNAMES
-    trainer.model = trainer.build_trainer_model()
+    trainer.model = trainer.build_model(copy.deepcopy(clip_model), CLASSNAMES)
+    for param_name, param in trainer.model.named_parameters():
+        param.requires_grad_(trainer.is_trainable(param_name))
     torch.manual_seed(0)  # generators that start at zero output would hide their inputs: perturb every one
     with torch.no_grad():
         for param in trainer.model.parameters():
@@ -96,8 +96,8 @@ def train_and_eval(trainer, images, share):
 
 
 @pytest.mark.parametrize("name", registered_trainers())
-def test_shared_prefix_equals_the_plain_encoder(name, tiny_clip_path, monkeypatch):
-    trainer = build_trainer(name, tiny_clip_path)
+def test_shared_prefix_equals_the_plain_encoder(name, clip_fp32, monkeypatch):
+    trainer = build_trainer(name, clip_fp32)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     calls = count_shared_blocks(monkeypatch)
     shared = train_and_eval(trainer, images, share=True)
