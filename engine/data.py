@@ -527,6 +527,8 @@ class PersistentWorkerLoader(DataLoader):
     its first batch of the epoch. Batches go to workers in the same order (round robin from worker 0),
     so a run sees the same batches and augmentations as with per-epoch workers, and the main process
     the same global RNG sequence. (`get_worker_info().seed` keeps the first epoch's value.)
+    This leans on torch's DataLoader internals (`_index_sampler`, `_iterator`, the workers' NumPy seed
+    `_generate_state`); tests/engine/test_data.py compares it with fresh workers batch by batch.
     """
 
     def __init__(self, dataset, **kwargs):
