@@ -62,6 +62,7 @@ def get_cfg_default():
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4
+    _C.DATALOADER.PERSISTENT_WORKERS = True  # with workers: keep them across epochs (same batches)
     _C.DATALOADER.K_TRANSFORMS = 1
     _C.DATALOADER.RETURN_IMG0 = False
     _C.DATALOADER.TRAIN_X = CN()

@@ -13,8 +13,11 @@ import pickle
 import random
 from collections import OrderedDict, defaultdict
 
+import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, get_worker_info
+from torch.utils.data._utils.worker import _generate_state
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -26,6 +29,7 @@ __all__ = [
     "DATASETS", "Datum", "DatasetError", "DatasetBase", "DataManager", "build_dataset",
     "read_split", "save_split", "split_trainval", "read_and_split_data", "listdir_nohidden",
     "generate_fewshot_dataset", "subsample_classes", "subsample_splits", "build_transform", "read_image",
+    "PersistentWorkerLoader",
 ]
 
 
@@ -554,15 +558,89 @@ class DatasetWrapper(Dataset):
         return output
 
 
+def seed_worker(base_seed, worker_id):
+    """Seed Python `random`, torch and NumPy exactly as torch seeds a fresh loader worker."""
+    random.seed(base_seed + worker_id)
+    torch.manual_seed(base_seed + worker_id)
+    np.random.seed(_generate_state(base_seed, worker_id))
+
+
+class _EpochTaggedBatches:
+    """The loader's batches of indices, each sent to a worker with the epoch number and its base seed."""
+
+    def __init__(self, batch_sampler):
+        self.batch_sampler = batch_sampler
+        self.epoch, self.base_seed = 0, None  # epoch 0: workers are fresh, torch has seeded them
+
+    def __iter__(self):
+        epoch, base_seed = self.epoch, self.base_seed
+        for indices in self.batch_sampler:
+            yield epoch, base_seed, indices
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+
+class _ReseedingDataset(Dataset):
+    """Worker side: at the first batch of a new epoch, re-seed as a fresh worker of that epoch is seeded."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitems__(self, tagged_indices):
+        epoch, base_seed, indices = tagged_indices
+        if epoch != self.epoch:
+            self.epoch = epoch
+            seed_worker(base_seed, get_worker_info().id)
+        return [self.dataset[i] for i in indices]
+
+
+class PersistentWorkerLoader(DataLoader):
+    """A DataLoader whose workers live across epochs and see the same random streams as fresh ones.
+
+    Reference behaviour: every pass (`iter()`) starts new workers, seeded with a base seed drawn from
+    the main process's global torch generator plus the worker id. Starting workers every epoch is a
+    large share of a short few-shot epoch, so here they persist; each `iter()` still draws the base
+    seed, in the same place, and each worker re-seeds Python `random`, torch and NumPy with it before
+    its first batch of the epoch. Batches go to workers in the same order (round robin from worker 0),
+    so a run sees the same batches and augmentations as with per-epoch workers, and the main process
+    the same global RNG sequence. (`get_worker_info().seed` keeps the first epoch's value.)
+    This leans on torch's DataLoader internals (`_index_sampler`, `_iterator`, the workers' NumPy seed
+    `_generate_state`); tests/engine/test_data.py compares it with fresh workers batch by batch.
+    """
+
+    def __init__(self, dataset, **kwargs):
+        super().__init__(_ReseedingDataset(dataset), persistent_workers=True, **kwargs)
+        self._tagged_batches = _EpochTaggedBatches(self.batch_sampler)
+
+    @property
+    def _index_sampler(self):
+        return self._tagged_batches
+
+    def __iter__(self):
+        if self._iterator is not None:  # workers already running: draw the seed a fresh iterator draws
+            self._tagged_batches.epoch += 1
+            self._tagged_batches.base_seed = torch.empty((), dtype=torch.int64).random_(generator=self.generator).item()
+        return super().__iter__()
+
+
 def build_data_loader(cfg, data_source, batch_size, transform, is_train, use_cuda):
-    """Train: RandomSampler, drop_last only if the set fills a batch. Test: sequential."""
+    """Train: RandomSampler, drop_last only if the set fills a batch. Test: sequential.
+
+    With workers, they persist across passes unless `DATALOADER.PERSISTENT_WORKERS` is False.
+    """
     if not data_source:
         raise DatasetError("A data split is empty; check DATASET.NUM_SHOTS and DATASET.SUBSAMPLE_CLASSES")
     sampler_name = cfg.DATALOADER.TRAIN_X.SAMPLER if is_train else cfg.DATALOADER.TEST.SAMPLER
     samplers = {"RandomSampler": RandomSampler, "SequentialSampler": SequentialSampler}
     if sampler_name not in samplers:
         raise ConfigError(f"Unsupported sampler '{sampler_name}'; choose one of {list(samplers)}")
-    return DataLoader(
+    persistent = cfg.DATALOADER.NUM_WORKERS > 0 and cfg.DATALOADER.PERSISTENT_WORKERS
+    return (PersistentWorkerLoader if persistent else DataLoader)(
         DatasetWrapper(cfg, data_source, transform, is_train),
         batch_size=batch_size,
         sampler=samplers[sampler_name](data_source),

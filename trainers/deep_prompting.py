@@ -34,6 +34,12 @@ Both encoders:
     * With no prompts, no deep prompts and no `block_fn` they compute `clip_model.visual`
       exactly and `clip_model.encode_text` up to float rounding (EOT truncation); tests pin both.
 
+The text encoder runs a shared prefix once per group, as `PromptedTextEncoder` does, when the
+prompts are marked with one (`assemble_prompts`, `mark_shared_prefix`), there is no `block_fn`
+(it sees whole sequences), and every deep prompt replaces positions inside that prefix with one
+tensor per group: a shared (n, width) prompt, or a per-sequence one marked with the same groups
+(DGPrompt's per-image prompts). Anything else takes the plain path.
+
 `tower_sizes(clip_model)` reads widths and depths from the loaded model.
 """
 from dataclasses import dataclass
@@ -42,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from engine.errors import ConfigError
-from trainers.prompting import PromptedTextEncoder, run_block
+from trainers.prompting import PromptedTextEncoder, run_block, run_block_after_prefix
 
 
 @dataclass
@@ -80,16 +86,33 @@ def _replace_last(x, tokens):
     return torch.cat([x[:x.shape[0] - tokens.shape[0]], tokens], dim=0)
 
 
-def run_deep_blocks(blocks, x, mask, deep_prompts, replace, block_fn=None):
-    """Run `blocks` on LND `x`, replacing prompt tokens at the input of blocks 1..len(deep_prompts)."""
+def _check_depth(deep_prompts, blocks):
     if len(deep_prompts) > len(blocks) - 1:
         raise ValueError(f"{len(deep_prompts)} deep prompts for {len(blocks)} blocks: at most "
                          f"{len(blocks) - 1} (deep prompt i enters block i + 1)")
+
+
+def run_deep_blocks(blocks, x, mask, deep_prompts, replace, block_fn=None):
+    """Run `blocks` on LND `x`, replacing prompt tokens at the input of blocks 1..len(deep_prompts)."""
+    _check_depth(deep_prompts, blocks)
     for layer, block in enumerate(blocks):
         if 1 <= layer <= len(deep_prompts) and deep_prompts[layer - 1] is not None:
             x = replace(x, _prompt_tokens(deep_prompts[layer - 1], x.shape[1], x.dtype))
         x = block_fn(layer, block, x, mask) if block_fn else run_block(block, x, mask)
     return x
+
+
+def _prompt_per_group(prompt, n_seq, shared):
+    """A deep prompt as (n, groups, width) tokens for the shared prefix, or None if it cannot be shared:
+    it differs within a group, or it reaches past the prefix."""
+    if prompt.dim() == 2:
+        tokens = prompt.unsqueeze(0).expand(shared.groups, -1, -1)
+    elif getattr(prompt, "shared_prefix", None) is not None and prompt.shared_prefix.groups == shared.groups \
+            and prompt.shared_prefix.length >= prompt.shape[1]:
+        tokens = prompt[::n_seq // shared.groups]
+    else:
+        return None
+    return tokens.permute(1, 0, 2) if 1 + prompt.shape[-2] <= shared.length else None
 
 
 class DeepPromptedTextEncoder(PromptedTextEncoder):
@@ -100,8 +123,24 @@ class DeepPromptedTextEncoder(PromptedTextEncoder):
 
         truncate=False runs every position of `prompts` (same features; for checks and timings).
         """
+        blocks = self.transformer.resblocks
+        _check_depth(deep_prompts, blocks)
+        shared = self.shared_prefix(prompts, tokenized_prompts) if block_fn is None else None
+        if shared is not None:
+            per_group = [None if prompt is None else _prompt_per_group(prompt, prompts.shape[0], shared)
+                         for prompt in deep_prompts]
+            if all(tokens is not None or prompt is None for tokens, prompt in zip(per_group, deep_prompts)):
+                def run_blocks_after_prefix(prefix, x, prefix_mask, mask):
+                    for layer, block in enumerate(blocks):
+                        if 1 <= layer <= len(per_group) and per_group[layer - 1] is not None:
+                            prefix = _replace_after_sot(prefix, per_group[layer - 1].type(prefix.dtype))
+                        prefix, x = run_block(block, prefix, prefix_mask), run_block_after_prefix(block, prefix, x, mask)
+                    return x
+
+                return self.encode_after_prefix(prompts, tokenized_prompts, shared, run_blocks_after_prefix, truncate)
+
         def run_blocks(x, mask):
-            return run_deep_blocks(self.transformer.resblocks, x, mask, deep_prompts, _replace_after_sot, block_fn)
+            return run_deep_blocks(blocks, x, mask, deep_prompts, _replace_after_sot, block_fn)
 
         return self.encode(prompts, tokenized_prompts, run_blocks, truncate)
 

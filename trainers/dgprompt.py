@@ -27,7 +27,7 @@ from engine.trainer import TrainerBase
 from trainers.dpc import DPCMixin, add_dpc_config, substituted_parameters
 from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import (PromptedCLIP, assemble_prompts, build_class_prompts, class_text, eot_indices,
-                                init_context, run_block, tokenize)
+                                init_context, mark_shared_prefix, run_block, tokenize)
 from trainers.templates import template_for
 
 NAME = "DGPrompt (reconstructed)"
@@ -228,15 +228,18 @@ class DGPromptModel(PromptedCLIP):
         if not self.igt:
             return self.text_encoder(assemble_prompts(prompts[0].type(self.dtype), prefix, suffix), tokenized,
                                      list(prompts[1:]), truncate=self.truncate)
-        # One sequence per (image, class), image-major: (B * C, L, width).
-        n_img, n_cls = prompts.shape[0], prefix.shape[0]
+        # One sequence per (image, class), image-major: (B * C, L, width). SOT and the prompt tokens
+        # are one tensor per image: the encoder runs them once per image, not once per class.
+        n_img, n_cls, n_ctx = prompts.shape[0], prefix.shape[0], prompts.shape[2]
 
         def per_sequence(t):  # (B, n, width) -> (B * C, n, width)
             return t.unsqueeze(1).expand(-1, n_cls, -1, -1).reshape(n_img * n_cls, *t.shape[1:])
 
         first = per_sequence(prompts[:, 0].type(self.dtype))
         sequences = torch.cat([prefix.repeat(n_img, 1, 1), first, suffix.repeat(n_img, 1, 1)], dim=1)
-        deep = [per_sequence(prompts[:, layer]) for layer in range(1, prompts.shape[1])]
+        mark_shared_prefix(sequences, 1 + n_ctx, groups=n_img)
+        deep = [mark_shared_prefix(per_sequence(prompts[:, layer]), n_ctx, groups=n_img)
+                for layer in range(1, prompts.shape[1])]
         features = self.text_encoder(sequences, tokenized.repeat(n_img, 1), deep, truncate=self.truncate)
         return features.view(n_img, n_cls, -1)
 

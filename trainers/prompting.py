@@ -5,7 +5,8 @@ Everything here is written once and reused by every method (common.md §2-§6):
 - `ClassPrompts`: tokenized templates, EOT indices, the frozen SOT/suffix embeddings;
 - `assemble_prompts`: [SOT] ctx suffix for the end/middle/front class-token positions;
 - `PromptedTextEncoder`: CLIP's text transformer fed prompt embeddings instead of token ids,
-  run only up to the last EOT (decision 10: the causal mask makes later tokens irrelevant);
+  run only up to the last EOT (decision 10: the causal mask makes later tokens irrelevant), and
+  running a prefix shared by every class prompt ([SOT] + context) once instead of once per class;
 - `clip_logits` and `PromptedCLIP`, the base model with cached-text-feature evaluation.
 Nothing assumes ViT-B/16 sizes: widths, lengths and layer counts are read from the model.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from engine.clip_loading import clip
 from engine.errors import ConfigError
@@ -91,17 +93,53 @@ def build_class_prompts(clip_model, classnames, prompt_prefix, n_ctx):
                         [len(_tokenizer.encode(name)) for name in names], texts)
 
 
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Positions 0..length-1 are one and the same tensor in every sequence of a group.
+
+    The sequences form `groups` consecutive groups of equal size (1 = all of them; DGPrompt:
+    one group per image). Under CLIP's causal mask such a prefix has the same hidden states in
+    every sequence of its group at every layer, so the text encoder runs it once per group.
+    """
+    length: int
+    groups: int = 1
+
+
+def mark_shared_prefix(tensor, length, groups=1):
+    """Declare that `tensor`'s first `length` positions are shared within each of `groups` groups of rows.
+
+    Only for rows that are copies of one tensor (an `expand`ed context, frozen equal tokens), never for
+    rows that merely hold equal values: the gradient of the shared positions reaches the source through
+    the group's first row alone. Any operation on the tensor returns a new, unmarked one.
+    """
+    tensor.shared_prefix = SharedPrefix(length, groups)
+    return tensor
+
+
+def _frozen_shared_positions(tokens):
+    """Leading positions at which frozen `tokens` (n, L, dim) hold the same embedding in every row."""
+    if tokens.requires_grad:
+        return 0
+    same = (tokens == tokens[:1]).all(dim=2).all(dim=0)
+    return int(same.int().cumprod(dim=0).sum())
+
+
 def assemble_prompts(ctx, prefix, suffix, name_lens=None, position="end"):
     """Concatenate [SOT] ctx suffix along the token axis (common.md §4).
 
     ctx: (n_ctx, dim) shared or (n_cls, n_ctx, dim) class-specific.
-    Returns (n_cls, n_tokens, dim).
+    Returns (n_cls, n_tokens, dim). With a shared ctx and the class name at the end, the result is
+    marked with its shared prefix: SOT, ctx and any frozen words every class prompt starts with.
     """
     n_cls = prefix.shape[0]
-    if ctx.dim() == 2:
+    shared_ctx = ctx.dim() == 2
+    if shared_ctx:
         ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
     if position == "end":
-        return torch.cat([prefix, ctx, suffix], dim=1)
+        prompts = torch.cat([prefix, ctx, suffix], dim=1)
+        if shared_ctx and _frozen_shared_positions(prefix) == prefix.shape[1]:
+            mark_shared_prefix(prompts, prefix.shape[1] + ctx.shape[1] + _frozen_shared_positions(suffix))
+        return prompts
     if position not in ("middle", "front"):
         raise ConfigError(f"CLASS_TOKEN_POSITION must be end, middle or front, got {position!r}")
     half = ctx.shape[1] // 2
@@ -138,12 +176,57 @@ def run_block(block, x, attn_mask=None):
     return x + block.mlp(block.ln_2(x))
 
 
+def run_block_after_prefix(block, prefix, x, mask):
+    """One of CLIP's own blocks for the positions after a shared prefix.
+
+    prefix: (P, G, width) LND input of this block at the shared positions, one column per group;
+    x: (L, G * M, width) the following positions of G groups of M sequences (group-major);
+    mask: (L, L) causal mask among them. Each query of `x` attends to its group's prefix keys and
+    values and, causally, to its own sequence: the same attention as `run_block` over the whole
+    sequence, with the prefix's keys and values computed once per group instead of once per
+    sequence. Scores and softmax are fp32 (as CLIP's fused attention kernels keep them). Returns
+    the block's output at the positions of `x`; the prefix itself goes through `run_block`.
+    """
+    attn = block.attn
+    length, n_seq, width = x.shape
+    n_prefix, groups = prefix.shape[:2]
+    per_group, n_heads = n_seq // groups, attn.num_heads
+    head_dim = width // n_heads
+
+    def split_heads(t, n):  # (L, groups * n, width) -> (groups, heads, n, L, head_dim)
+        return t.reshape(t.shape[0], groups, n, n_heads, head_dim).permute(1, 3, 2, 0, 4)
+
+    q, k, v = (split_heads(t, per_group) for t in
+               F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    prefix_k, prefix_v = (split_heads(t, 1)[:, :, 0] for t in  # (groups, heads, P, head_dim)
+                          F.linear(block.ln_1(prefix), attn.in_proj_weight[width:], attn.in_proj_bias[width:])
+                          .chunk(2, dim=-1))
+    with torch.autocast(x.device.type, enabled=False):
+        q = q.float() * head_dim ** -0.5
+        # every query of a group against the group's prefix: one (M * L, P) product per group and head
+        to_prefix = q.reshape(groups, n_heads, per_group * length, head_dim) @ prefix_k.float().transpose(-1, -2)
+        to_self = q @ k.float().transpose(-1, -2) + mask                               # (G, h, M, L, L)
+        scores = torch.cat([to_prefix.view(groups, n_heads, per_group, length, n_prefix), to_self], dim=-1)
+        weights = scores.softmax(dim=-1).type(v.dtype)
+    from_prefix = weights[..., :n_prefix].reshape(groups, n_heads, per_group * length, n_prefix) @ prefix_v
+    out = from_prefix.view(groups, n_heads, per_group, length, head_dim) + weights[..., n_prefix:] @ v
+    x = x + attn.out_proj(out.permute(3, 0, 2, 1, 4).reshape(length, n_seq, width))
+    return x + block.mlp(block.ln_2(x))
+
+
 class PromptedTextEncoder(nn.Module):
     """CLIP's `encode_text` with prompt embeddings in place of the token lookup (common.md §5).
 
     Attribute names match the official `TextEncoder`, so whole-model checkpoints
     (`text_encoder.transformer...`) line up.
+
+    Prompts marked with a shared prefix (`assemble_prompts` marks shared-context, class-at-the-end
+    prompts) run that prefix once per group and only the later positions per sequence; the
+    features equal the plain computation up to float rounding. `share_prefix = False` on an
+    instance (or `use_shared_prefix(model, False)`) forces the plain path, for checks and timings.
     """
+
+    share_prefix = True
 
     def __init__(self, clip_model):
         super().__init__()
@@ -162,11 +245,23 @@ class PromptedTextEncoder(nn.Module):
             x = run_block(block, x, mask)
         return x
 
+    def run_blocks_after_prefix(self, prefix, x, prefix_mask, mask):
+        """`run_blocks` split into a shared prefix (P, G, width) and the positions after it (L, N, width)."""
+        for block in self.transformer.resblocks:
+            prefix, x = run_block(block, prefix, prefix_mask), run_block_after_prefix(block, prefix, x, mask)
+        return x
+
     def encode(self, prompts, tokenized_prompts, run_blocks, truncate=True):
         """The encoder around `run_blocks(x_LND, mask)`, which subclasses swap to inject deep prompts.
 
         truncate=False runs every position of `prompts` (same features; for checks and timings).
+        Only CLIP's own `run_blocks` may take the shared-prefix path: what another one does is unknown.
         """
+        if getattr(run_blocks, "__func__", None) is PromptedTextEncoder.run_blocks:
+            shared = self.shared_prefix(prompts, tokenized_prompts)
+            if shared is not None:
+                return self.encode_after_prefix(prompts, tokenized_prompts, shared, self.run_blocks_after_prefix,
+                                                truncate)
         eot = eot_indices(tokenized_prompts).to(prompts.device)
         # Positions after the last EOT never reach any EOT.
         length = int(eot.max()) + 1 if truncate else prompts.shape[1]
@@ -176,6 +271,41 @@ class PromptedTextEncoder(nn.Module):
         x = x.permute(1, 0, 2)  # LND -> NLD
         x = self.ln_final(x).type(self.dtype)
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
+
+    def shared_prefix(self, prompts, tokenized_prompts):
+        """The prefix to run once per group (a `SharedPrefix`), or None for the plain path.
+
+        It stops before the first EOT (features are read after it) and is used only when it holds more
+        than SOT and a group has more than one sequence.
+        """
+        marked = getattr(prompts, "shared_prefix", None)
+        if not self.share_prefix or marked is None or prompts.shape[0] % marked.groups \
+                or prompts.shape[0] // marked.groups < 2:
+            return None
+        length = min(marked.length, int(eot_indices(tokenized_prompts).min()))
+        return SharedPrefix(length, marked.groups) if length > 1 else None
+
+    def encode_after_prefix(self, prompts, tokenized_prompts, shared, run_blocks_after_prefix, truncate=True):
+        """`encode` with the shared prefix run once per group (the group's first row) and the
+        positions after it per sequence, through `run_blocks_after_prefix(prefix, x, prefix_mask, mask)`."""
+        eot = eot_indices(tokenized_prompts).to(prompts.device)
+        length = int(eot.max()) + 1 if truncate else prompts.shape[1]
+        n_prefix, per_group = shared.length, prompts.shape[0] // shared.groups
+        position = self.positional_embedding[:length].type(self.dtype)
+        prefix = (prompts[::per_group, :n_prefix] + position[:n_prefix]).permute(1, 0, 2)  # (P, G, width)
+        x = (prompts[:, n_prefix:length] + position[n_prefix:]).permute(1, 0, 2)           # (L - P, N, width)
+        x = run_blocks_after_prefix(prefix, x, causal_mask(n_prefix, x.dtype, x.device),
+                                    causal_mask(length - n_prefix, x.dtype, x.device))
+        x = x.permute(1, 0, 2)[torch.arange(x.shape[1], device=x.device), eot - n_prefix]  # the EOT tokens
+        return self.ln_final(x).type(self.dtype) @ self.text_projection
+
+
+def use_shared_prefix(module, enabled=True):
+    """Switch the shared-prefix path of every prompted text encoder inside `module` on or off."""
+    for encoder in module.modules():
+        if isinstance(encoder, PromptedTextEncoder):
+            encoder.share_prefix = enabled
+    return module
 
 
 def encode_token_ids(text_encoder, token_embedding, tokenized):

@@ -158,6 +158,54 @@ def test_train_loader_drops_the_last_batch_only_when_the_set_fills_one(clip_cfg,
     assert test_loader.drop_last is False
 
 
+class AugmentAndDraw:
+    """The train transform, one draw from each generator a worker seeds, and the worker's process id."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        draws = torch.tensor([random.random(), np.random.rand(), torch.rand(()).item(), os.getpid()],
+                             dtype=torch.float64)
+        return self.transform(img), draws
+
+
+def two_epochs(cfg, items, persistent):
+    """The batches of two passes over a 2-worker train loader, and the global torch RNG state after them."""
+    cfg = cfg.clone()
+    cfg.DATALOADER.NUM_WORKERS, cfg.DATALOADER.PERSISTENT_WORKERS = 2, persistent
+    torch.manual_seed(0)
+    loader = build_data_loader(cfg, items, 4, AugmentAndDraw(build_transform(cfg, is_train=True)), True, False)
+    epochs = [[batch["img"] for batch in loader] for _ in range(2)]  # one iter() per epoch, as the trainer
+    return epochs, torch.get_rng_state()
+
+
+def test_persistent_workers_see_the_augmentations_of_fresh_workers(clip_cfg, tmp_path):
+    """Same batches, augmentations, Python/NumPy/torch worker draws and main-process RNG state as workers
+    started afresh every epoch; only the worker processes are the same ones in both epochs."""
+    cfg = clip_cfg.clone()
+    cfg.INPUT.SIZE = (8, 8)
+    items = []
+    for i in range(10):  # textured images (crops and flips of a solid colour all look the same)
+        path = tmp_path / f"noise{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+        items.append(Datum(str(path), i % 3))
+    fresh, fresh_rng = two_epochs(cfg, items, persistent=False)
+    kept, kept_rng = two_epochs(cfg, items, persistent=True)
+
+    assert len(fresh[0]) == 2  # 10 images, batch 4, drop_last: batches 0 and 1 on workers 0 and 1
+    for fresh_epoch, kept_epoch in zip(fresh, kept):
+        for (images, draws), (kept_images, kept_draws) in zip(fresh_epoch, kept_epoch):
+            assert torch.equal(images, kept_images) and torch.equal(draws[:, :3], kept_draws[:, :3])
+    assert torch.equal(fresh_rng, kept_rng)
+    assert not torch.equal(fresh[0][0][0], fresh[1][0][0])  # each epoch has new augmentations
+
+    def worker_pids(epoch):
+        return {int(pid) for _, draws in epoch for pid in draws[:, 3]}
+    assert worker_pids(kept[0]) == worker_pids(kept[1])
+    assert not worker_pids(fresh[0]) & worker_pids(fresh[1])
+
+
 # ---- transforms (§3.2) and decoding (§3.1) ----------------------------------------------------------
 
 @pytest.mark.parametrize("edge_case", EDGE_CASES)
