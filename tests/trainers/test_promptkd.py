@@ -217,7 +217,8 @@ def test_dpc_new_classes_are_exactly_promptkd_and_base_rises(make_dpc, build, kd
     new_kd = build(tmp_path / "kd_new", subsample="new")
     new_kd.load_model(kd_run)
     (dpc_logits, dpc_acc), (kd_logits, kd_acc) = evaluated_logits(new_dpc), evaluated_logits(new_kd)
-    torch.testing.assert_close(dpc_logits, kd_logits, rtol=1e-6, atol=1e-6)
+    # the same tensors through other code paths: equal to float rounding (logits are scaled by 100)
+    torch.testing.assert_close(dpc_logits, kd_logits, rtol=1e-5, atol=1e-4)
     assert dpc_acc == kd_acc
 
 
