@@ -44,6 +44,7 @@ TRAIN_SIGNALS = ("Finish training", "Finished training")  # Dassl >= 0.6.1, and 
 TEST_SIGNALS = ("=> result",)
 SEED_DIR = re.compile(r"^seed(\d+)$")
 SHOTS_DIR = re.compile(r"^shots_(\d+)(?:_(.+))?$")  # shots_16, or KgCoOp's shots_16_<W>
+TEST_SELECTION_MARK = "‡"  # a cell whose runs chose their epoch on test data
 DEFAULT_SWEEP_KEYS = ("TRAINER.DPC.WEIGHT_BASE", "TRAINER.DPC.WEIGHT_NEW")
 
 
@@ -98,6 +99,16 @@ def read_run(run_dir, signals, keyword="accuracy", newest_log=False, from_logs=F
 # ----------------------------------------------------------------------------------------------
 # Official parse_test_res.py behaviour (data_and_protocol.md §5.5)
 # ----------------------------------------------------------------------------------------------
+def selected_on_test(run_dir):
+    """Whether the run's checkpoint was chosen by accuracy on test data (its results.json says so: PromptKD's
+    official `best_val`, whose val split is the base half of the test set)."""
+    try:
+        with open(os.path.join(run_dir, "results.json")) as f:
+            return bool(json.load(f).get("selected_on_test"))
+    except (OSError, ValueError):
+        return False
+
+
 def population_std(values):
     mean = sum(values) / len(values)
     return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
@@ -155,6 +166,7 @@ class Group:
     suffix: str = ""  # the `<W>` of `shots_16_<W>`; "" for plain `shots_16`
     runs: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(dict)))  # dataset -> seed -> phase
     run_dirs: list = field(default_factory=list)
+    selected_on_test: set = field(default_factory=set)  # (dataset, phase) with a run whose epoch was chosen on test
 
     @property
     def config(self):
@@ -209,6 +221,8 @@ def scan(root, newest_log=False, from_logs=False):
             value, _ = read_run(run_dir, signals, newest_log=newest_log, from_logs=from_logs)
             if value is not None:
                 per_phase[phase] = value
+                if selected_on_test(run_dir):
+                    group.selected_on_test.add((dataset, phase))
     return groups
 
 
@@ -343,8 +357,10 @@ def render_group(group, rows, average, n_complete, args, style):
         if is_average:
             cells = [style.bold(name), fmt_num(row.base_mean), fmt_num(row.new_mean), style.bold(fmt_num(row.hm)), seeds]
         else:
-            cells = [name, fmt_cell(row.base, row.base_mean, style), fmt_cell(row.new, row.new_mean, style),
-                     fmt_num(row.hm), seeds]
+            mark = {phase: TEST_SELECTION_MARK if (row.dataset, phase) in group.selected_on_test else ""
+                    for phase in ("train_base", "test_new")}
+            cells = [name, fmt_cell(row.base, row.base_mean, style) + mark["train_base"],
+                     fmt_cell(row.new, row.new_mean, style) + mark["test_new"], fmt_num(row.hm), seeds]
         if args.mean_of_h:
             cells.append(fmt_num(row.mean_of_h) if is_average else "")
         if args.compare_paper:
@@ -360,6 +376,9 @@ def render_group(group, rows, average, n_complete, args, style):
         print(f"% {title}")
     print(tabulate(table, headers=[style.escape(h) if "$" not in h else h for h in headers],
                    tablefmt=style.tablefmt, disable_numparse=True))
+    if group.selected_on_test:
+        print(f"\n{TEST_SELECTION_MARK} epoch selected by accuracy on test data (the official TEST.FINAL_MODEL best_val, "
+              "whose val split is the base test set); TEST.FINAL_MODEL last_step gives the unselected number")
     if args.compare_paper:
         sources = sorted({r.paper_source for r in rows + [average] if r.paper_source})
         print(f"\nPaper: {'; '.join(sources) if sources else 'no published numbers for this method'}")
@@ -385,7 +404,7 @@ def write_csv(summaries, args):
 
     writer = csv.writer(sys.stdout)
     header = ["method", "label", "config", "shots", "dataset", "base", "base_std", "base_seeds", "new", "new_std",
-              "new_seeds", "H", "missing"]
+              "new_seeds", "H", "missing", "selected_on_test"]
     header += ["mean_of_dataset_H"] * args.mean_of_h
     header += ["paper_base", "paper_new", "paper_H", "paper_source"] * args.compare_paper
     writer.writerow(header)
@@ -395,7 +414,9 @@ def write_csv(summaries, args):
             std = lambda v: round(population_std(v), 2) if len(v) > 1 else ""  # noqa: E731
             line = [group.method, label(group.method), group.config, group.shots, row.dataset,
                     r2(row.base_mean), std(row.base), len(row.base) or "", r2(row.new_mean), std(row.new),
-                    len(row.new) or "", r2(row.hm), row.missing]
+                    len(row.new) or "", r2(row.hm), row.missing,
+                    ",".join(name for phase, name in (("train_base", "base"), ("test_new", "new"))
+                             if (row.dataset, phase) in group.selected_on_test)]
             line += [r2(row.mean_of_h) if row is average else ""] * args.mean_of_h
             if args.compare_paper:
                 paper = row.paper or (None, None, None)

@@ -289,3 +289,25 @@ def test_plot_writes_bars_and_sweep_curves(tmp_path, capsys):
     written = sorted(os.listdir(tmp_path / "plots"))
     assert written == ["bars_DPC_CoOp_w01_shots16.png", "bars_DPC_CoOp_w02_shots16.png",
                        "bars_DPC_CoOp_w05_shots16.png", "sweep_DPC_CoOp_WEIGHT_BASE_shots16.png"]
+
+
+def test_cells_selected_on_test_data_are_marked(tmp_path, capsys):
+    """PromptKD's official best_val picks the epoch on the base test set: its results.json says so, the table marks it."""
+    for seed in (1, 2):
+        for phase, accuracy in (("train_base", 90.0), ("test_new", 80.0)):
+            directory = run_dir(tmp_path, phase, "dtd", seed, method="PromptKD", cfg="vit_b16_c2_ep20_batch8_4+4ctx")
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, "results.json"), "w") as f:
+                json.dump({"accuracy": accuracy, "selected_epoch": 3, "selected_on_test": seed == 1}, f)
+        write_results(run_dir(tmp_path, "train_base", "dtd", seed), 70.0)
+        write_results(run_dir(tmp_path, "test_new", "dtd", seed), 60.0)
+    out = parse(capsys, tmp_path)
+    sections = {title.split(" ")[0]: body for title, body in
+                (part.split("\n", 1) for part in out.split("### ")[1:])}
+    kd_row = table_rows(sections["PromptKD"])["DTD"]
+    assert kd_row[1].endswith(parse_results.TEST_SELECTION_MARK) and kd_row[2].endswith(parse_results.TEST_SELECTION_MARK)
+    assert "selected by accuracy on test data" in sections["PromptKD"]
+    assert parse_results.TEST_SELECTION_MARK not in sections["CoOp"]
+    rows = list(csv.DictReader(io.StringIO(parse(capsys, tmp_path, "--format", "csv"))))
+    assert {r["method"]: r["selected_on_test"] for r in rows if r["dataset"] == "dtd"} == {"PromptKD": "base,new",
+                                                                                        "CoOp": ""}
