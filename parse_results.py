@@ -513,6 +513,11 @@ def build_parser():
                        help="the table to print (default: every protocol found under the directory): base2new, "
                             "fewshot (datasets x shots), xd (cross-dataset) or dg (domain generalisation)")
     table.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="output format")
+    table.add_argument("--recipe", default="",
+                       help="a published table (scripts/recipes.py; `launch.py --recipe list`) in the paper's layout, "
+                            "ours beside the paper's numbers with each difference (md or latex)")
+    table.add_argument("--add-method", action="append", default=[], metavar="METHOD[:CFG]",
+                       help="with --recipe: add a method's runs as a row")
     table.add_argument("--methods", default="", help="comma list of methods to show (default: all found)")
     table.add_argument("--datasets", default="",
                        help="comma list of dataset stems (default: every dataset found, table order)")
@@ -542,6 +547,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if not os.path.isdir(args.directory):
         sys.exit(f"No such directory: {args.directory}")
+    if args.recipe:
+        from scripts import recipes
+        from scripts.methods import GridError
+        if args.format == "csv":
+            sys.exit("--recipe prints md or latex")
+        try:
+            print(recipes.render(recipes.get(args.recipe, args.add_method), args.directory, args.format))
+        except GridError as err:
+            sys.exit(f"parse_results.py: {err}")
+        return
     official_flags = args.ci95 or args.test_log or args.multi_exp or args.keyword != "accuracy"
     if official_flags or is_seed_folder_dir(args.directory):
         official_main(args)

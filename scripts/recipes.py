@@ -54,6 +54,7 @@ class Recipe:
     seeds: tuple = SEEDS
     shots: tuple = FEWSHOT_SHOTS  # few-shot K
     reconstruction: bool = False  # a reconstructed method's own table: no paper numbers exist
+    average_only: bool = False    # the paper prints the average row only
     note: str = ""
 
     @property
@@ -102,7 +103,7 @@ RECIPES = {r.name: r for r in (
               paper=("dpc-ablation", "two-step+weighting+decoupling"),
               unavailable="not available: needs DPC without hard negatives (DHNO), a variant we lack"),
         Entry("DPC_CoOp", label="(5) DPC", paper=("base2new", "DPC_CoOp"))),
-        note="Rows (2) and (3) are our reading of the ablation's switches as DPC options."),
+        average_only=True, note="Rows (2) and (3) are our reading of the ablation's switches as DPC options."),
     Recipe("maple-b2n", "MaPLe (CVPR'23)", "Table 1 (base-to-new)", "base2new", (
         _b2n("ZeroshotCLIP"), _b2n("CoOp"), Entry("CoCoOp", unavailable=NO_COCOOP), _b2n("MaPLe"))),
     Recipe("kgcoop-b2n", "KgCoOp (CVPR'23)", "Table 1 (base-to-new)", "base2new", (
@@ -144,11 +145,13 @@ RECIPES = {r.name: r for r in (
 
 
 def get(name, add_methods=()):
-    """The recipe `name`, with the user's methods (`METHOD[:CFG]`) added as rows without paper numbers."""
+    """The recipe `name`, with the user's methods (`METHOD[:CFG]`) added as rows without paper numbers, run
+    with the table's shots (those of its first row)."""
     if name not in RECIPES:
         raise GridError(f"Unknown recipe '{name}'. Known: {', '.join(RECIPES)} (`--recipe list` shows them)")
     recipe = RECIPES[name]
-    added = tuple(Entry(method, cfg, label=method) for method, cfg in map(parse_method, add_methods))
+    shots = recipe.entries[0].shots
+    added = tuple(Entry(method, cfg, label=method, shots=shots) for method, cfg in map(parse_method, add_methods))
     return dataclasses.replace(recipe, entries=recipe.entries + added)
 
 
@@ -292,6 +295,8 @@ def metrics(recipe):
 def row_groups(recipe):
     """The table's row groups in the paper's order: base-to-new and few-shot, the average then the datasets;
     cross-dataset and DG, the ImageNet source, the targets, then their average (the source excluded)."""
+    if recipe.average_only:
+        return ("average",)
     if recipe.protocol in ("base2new", "fewshot"):
         return ("average", *recipe.columns)
     return (XD_SOURCE, *recipe.columns, "average")
@@ -332,6 +337,8 @@ def paper_value(recipe, entry, group, metric):
     if not entry.paper:
         return None, ""
     table, key = entry.paper
+    if group == "average" and recipe.datasets and recipe.datasets != dataclasses.replace(recipe, datasets=()).columns:
+        return None, ""  # a reduced recipe: its average is not the paper's
     published = PAPER_TABLES[table].get(key)
     if not published:
         return None, ""
