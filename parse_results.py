@@ -16,6 +16,8 @@ the official parser reads only `log.txt`, the first run's log); with it, the log
 A shot folder may carry a suffix, as the official KgCoOp scripts write `shots_16_<W>` (e.g. `shots_16_8.0`):
 runs with different suffixes are kept apart, and the config label shows the suffix, `<CFG>_W<W>` when it is a
 number (`vit_b16_ep100_ctxv1_W8.0`), else `<CFG>_<suffix>`. Other `shots_*` folders are skipped with a warning.
+`--recipe NAME` (see `scripts/launch.py --recipe list`) prints a published table in its paper's layout instead:
+ours beside the paper's numbers, each difference, a marker where it exceeds what seed variation explains.
 LaTeX output escapes the LaTeX special characters in dataset, method and config names.
 
 Official mode, for a directory of seed folders (or with --test-log, --ci95, --multi-exp, --keyword),

@@ -18,6 +18,9 @@ preemption.
     python scripts/launch.py all all all --slurm --dry-run       # write and print the sbatch script(s)
     python scripts/launch.py all all all --protocol fewshot --gpus 0,1   # K = 1, 2, 4, 8, 16
     python scripts/launch.py all all all --protocol xd --slurm   # sources, then their evaluations
+    python scripts/launch.py --recipe list                       # the published tables (scripts/recipes.py)
+    python scripts/launch.py --recipe dpc-table1 --dry-run       # its runs, how many are done, hours left
+    python scripts/launch.py --recipe dpc-table1 --gpus 0,1 --add-method MyMethod:my.yaml --trainer-module my.py
 
 Without GPUs the runs go to the CPU, `--jobs` at a time. Per-run console output goes to
 `<OUTPUT>/launch_logs/`; each run's own `log.txt` is in its run directory as usual.

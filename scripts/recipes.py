@@ -255,9 +255,9 @@ def print_plan(recipe, runs, opts=()):
         jobs = [job for job in runs if job.entry == entry]
         left = [job for job in jobs if not job.done]
         hours = [run_hours(job) for job in left]
-        cost = ("no estimate" if any(h is None for h in hours) else f"{sum(hours):.2f} h") if left else "0 h"
+        cost = ("no estimate" if any(h is None for h in hours) else f"{sum(hours):.2f} h left") if left else "0 h left"
         made = f" (made by {entry.made_by}'s stage 1)" if entry.made_by else ""
-        print(f"  {entry.name}: {len(jobs) - len(left)}/{len(jobs)} done, {cost} left{made}")
+        print(f"  {entry.name}: {len(jobs) - len(left)}/{len(jobs)} done, {cost}{made}")
     print("Runs:")
     for job in runs:
         state = "done" if job.done else ("made by " + job.entry.made_by if job.entry.made_by else "to run")
