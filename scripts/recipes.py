@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass
 
 from benchmarks import cost_estimates, paper_numbers, protocol_paper_numbers
-from scripts.methods import (DATASETS, DG_TARGETS, FEWSHOT_SHOTS, METHODS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
+from scripts.methods import (DATASETS, DG_TARGETS, FEWSHOT_SHOTS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
                              GridError, dataset_size, label, parse_method, protocol_grid, resolve)
 
 MARGIN = 1.0  # points: the marker threshold where only one seed ran
