@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from benchmarks import cost_estimates, paper_numbers, protocol_paper_numbers
 from scripts.methods import (DATASETS, DG_TARGETS, FEWSHOT_SHOTS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
-                             GridError, dataset_size, label, parse_method, protocol_grid, resolve)
+                             GridError, Run, dataset_size, label, parse_method, protocol_grid, resolve)
 
 MARGIN = 1.0  # points: the marker threshold where only one seed ran
 RULE = (f"* = |ours - paper| > 2 x seed std (population std over our seeds), or > {MARGIN:.1f} point where one "
@@ -234,7 +234,7 @@ def run_hours(job):
     entry = job.entry
     key = f"{entry.method}:{entry.cfg}" if f"{entry.method}:{entry.cfg}" in cost_estimates.GRID_HOURS else entry.method
     hours = cost_estimates.GRID_HOURS.get(key)
-    if hours is None or job.run.__class__.__name__ != "Run":
+    if hours is None or not isinstance(job.run, Run):  # the figures are base-to-new runs
         return None
     share = dataset_size(job.dataset) / sum(dataset_size(d) for d in DATASETS)
     return hours * share * len(DATASETS) / cost_estimates.GRID_RUNS
@@ -247,7 +247,8 @@ def print_plan(recipe, runs, opts=()):
           f"{len(recipe.seeds)} seeds; {len(runs)} runs, {done} done, {len(runs) - done} to run")
     if recipe.note:
         print(f"Note: {recipe.note}")
-    print(f"Device-hours left per row: {cost_estimates.LABEL}")
+    print(f"Device-hours left per row: {cost_estimates.LABEL}"
+          + ("; the figures cover base-to-new runs only" if recipe.protocol != "base2new" else ""))
     for entry in recipe.entries:
         if entry.unavailable:
             print(f"  {entry.name}: {entry.unavailable}")
