@@ -16,6 +16,8 @@ the official parser reads only `log.txt`, the first run's log); with it, the log
 A shot folder may carry a suffix, as the official KgCoOp scripts write `shots_16_<W>` (e.g. `shots_16_8.0`):
 runs with different suffixes are kept apart, and the config label shows the suffix, `<CFG>_W<W>` when it is a
 number (`vit_b16_ep100_ctxv1_W8.0`), else `<CFG>_<suffix>`. Other `shots_*` folders are skipped with a warning.
+`--recipe NAME` (see `scripts/launch.py --recipe list`) prints a published table in its paper's layout instead:
+ours beside the paper's numbers, each difference, a marker where it exceeds what seed variation explains.
 LaTeX output escapes the LaTeX special characters in dataset, method and config names.
 
 Official mode, for a directory of seed folders (or with --test-log, --ci95, --multi-exp, --keyword),
@@ -513,6 +515,11 @@ def build_parser():
                        help="the table to print (default: every protocol found under the directory): base2new, "
                             "fewshot (datasets x shots), xd (cross-dataset) or dg (domain generalisation)")
     table.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="output format")
+    table.add_argument("--recipe", default="",
+                       help="a published table (scripts/recipes.py; `launch.py --recipe list`) in the paper's layout, "
+                            "ours beside the paper's numbers with each difference (md or latex)")
+    table.add_argument("--add-method", action="append", default=[], metavar="METHOD[:CFG]",
+                       help="with --recipe: add a method's runs as a row")
     table.add_argument("--methods", default="", help="comma list of methods to show (default: all found)")
     table.add_argument("--datasets", default="",
                        help="comma list of dataset stems (default: every dataset found, table order)")
@@ -542,6 +549,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if not os.path.isdir(args.directory):
         sys.exit(f"No such directory: {args.directory}")
+    if args.recipe:
+        from scripts import recipes
+        from scripts.methods import GridError
+        if args.format == "csv":
+            sys.exit("--recipe prints md or latex")
+        try:
+            print(recipes.render(recipes.get(args.recipe, args.add_method), args.directory, args.format))
+        except GridError as err:
+            sys.exit(f"parse_results.py: {err}")
+        return
     official_flags = args.ci95 or args.test_log or args.multi_exp or args.keyword != "accuracy"
     if official_flags or is_seed_folder_dir(args.directory):
         official_main(args)

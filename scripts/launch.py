@@ -18,6 +18,9 @@ preemption.
     python scripts/launch.py all all all --slurm --dry-run       # write and print the sbatch script(s)
     python scripts/launch.py all all all --protocol fewshot --gpus 0,1   # K = 1, 2, 4, 8, 16
     python scripts/launch.py all all all --protocol xd --slurm   # sources, then their evaluations
+    python scripts/launch.py --recipe list                       # the published tables (scripts/recipes.py)
+    python scripts/launch.py --recipe dpc-table1 --dry-run       # its runs, how many are done, hours left
+    python scripts/launch.py --recipe dpc-table1 --gpus 0,1 --add-method MyMethod:my.yaml --trainer-module my.py
 
 Without GPUs the runs go to the CPU, `--jobs` at a time. Per-run console output goes to
 `<OUTPUT>/launch_logs/`; each run's own `log.txt` is in its run directory as usual.
@@ -51,6 +54,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from scripts import recipes  # noqa: E402
 from scripts.methods import GridError, grid, protocol_grid  # noqa: E402
 
 ARRAY_SUFFIXES = ("", "-dpc", "-eval")  # Slurm job names per queue group (the runs' `stage`)
@@ -58,9 +62,14 @@ ARRAY_SUFFIXES = ("", "-dpc", "-eval")  # Slurm job names per queue group (the r
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("methods", help="comma list or `all`; METHOD:CFG picks a config")
-    parser.add_argument("datasets", help="comma list of dataset config stems or `all`")
-    parser.add_argument("seeds", help="comma list or `all` (1,2,3)")
+    parser.add_argument("methods", nargs="?", help="comma list or `all`; METHOD:CFG picks a config")
+    parser.add_argument("datasets", nargs="?", help="comma list of dataset config stems or `all`")
+    parser.add_argument("seeds", nargs="?", help="comma list or `all` (1,2,3)")
+    parser.add_argument("--recipe", default="",
+                        help="run a published table (scripts/recipes.py) instead of METHODS DATASETS SEEDS; "
+                             "`list` shows them; with --dry-run: its runs, how many are done, hours left")
+    parser.add_argument("--add-method", action="append", default=[], metavar="METHOD[:CFG]",
+                        help="with --recipe: add a method (e.g. your own, with --trainer-module) as a row")
     parser.add_argument("--data", default=os.environ.get("DATA", "data"), help="dataset root (env DATA)")
     parser.add_argument("--output", default=os.environ.get("OUTPUT", "output"), help="output root (env OUTPUT)")
     parser.add_argument("--protocol", choices=("base2new", "fewshot", "xd"), default="base2new",
@@ -99,6 +108,14 @@ def parse_args(argv=None):
     unknown = [a for a in args.opts if a.startswith("--")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.recipe:  # a recipe names its own grid: the positionals would be config options
+        args.opts = [a for a in (args.methods, args.datasets, args.seeds) if a is not None] + args.opts
+        if args.tag or args.shots:
+            parser.error("--recipe: the recipe sets each row's tag and shots (no --tag / --shots)")
+    elif args.seeds is None:
+        parser.error("METHODS DATASETS SEEDS are required (or --recipe NAME)")
+    elif args.add_method:
+        parser.error("--add-method goes with --recipe (otherwise list the method in METHODS)")
     # These land unquoted on `#SBATCH` lines: a line break would add lines to the generated script.
     for flag, values in (("--partition", [args.partition]), ("--account", [args.account]),
                          ("--sbatch-arg", args.sbatch_arg), ("--output", [args.output])):
@@ -483,14 +500,32 @@ def build_grid(args):
     return grid(args.methods, args.datasets, args.seeds, args.output, args.shots, args.tag)
 
 
+def build_recipe(args):
+    """(every run of the recipe, the runs to launch); `args.protocol` becomes the recipe's."""
+    recipe = recipes.get(args.recipe, args.add_method)
+    args.protocol = recipes.launch_protocol(recipe)
+    runs, launched = recipes.recipe_jobs(recipe, args.output)
+    return recipe, runs, launched
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.recipe == "list":
+        recipes.print_list()
+        return 0
+    recipe = None
     try:
-        runs = build_grid(args)
+        if args.recipe:
+            recipe, all_runs, runs = build_recipe(args)
+        else:
+            runs = build_grid(args)
     except GridError as err:
         sys.exit(f"launch.py: {err}")
     if args.status:
-        print_status(runs)
+        print_status(all_runs if recipe else runs)
+        return 0
+    if recipe and args.dry_run and not args.slurm:
+        recipes.print_plan(recipe, all_runs, args.opts)
         return 0
     # Plain runs before DPC ones before evaluations, largest datasets first, so the longest runs do not
     # start last.
