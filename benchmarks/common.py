@@ -70,3 +70,41 @@ def time_eval(run_batch, batches, device):
         run_batch(images)
     synchronize(device)
     return time.perf_counter() - start
+
+
+def time_train(model, loss_fn, batches, device, precision, warmup=2):
+    """Seconds per training step (forward, `loss_fn(images, labels)`, backward, SGD step) over
+    `batches` of (images, labels), after `warmup` untimed steps."""
+    model.train()
+    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+    def step(images, labels):
+        with precision.autocast():
+            loss = loss_fn(images, labels)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    for images, labels in batches[:warmup]:
+        step(images, labels)
+    synchronize(device)
+    start = time.perf_counter()
+    for images, labels in batches:
+        step(images, labels)
+    synchronize(device)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def time_test(model, batches, device, precision):
+    """Seconds for one evaluation pass, the (normalised) text features computed once per evaluation
+    where they do not depend on the image, as the trainer does; image-guided text runs per batch."""
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        start = time.perf_counter()
+        if getattr(model, "igt", False):
+            run = model
+        else:
+            text = model.encode_text()
+            text = text / text.norm(dim=-1, keepdim=True)
+            run = lambda x: model(x, text_features=text)  # noqa: E731
+        return time.perf_counter() - start + time_eval(run, batches, device)

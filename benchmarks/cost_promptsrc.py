@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 # common first: it puts the repository root on sys.path
-from common import add_backbone_args, backbone_label, random_batches, setup_backbone, synchronize, time_eval  # noqa: I001
+from common import (add_backbone_args, backbone_label, random_batches, setup_backbone, synchronize,  # noqa: I001
+                    time_test, time_train)
 import trainers  # noqa: F401,E402  (registers every config hook)
 from engine.config import build_cfg
 from trainers.deep_prompting import tower_sizes
@@ -58,37 +59,6 @@ def build(name, clip_model, classnames, depth, device):
     if name == "PromptSRC":
         return model, model.loss
     return model, lambda images, labels: F.cross_entropy(model(images).float(), labels)
-
-
-def time_train(model, loss_fn, batches, device, precision):
-    """Seconds per training step (after two warm-up steps)."""
-    model.train()
-    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-
-    def step(images, labels):
-        with precision.autocast():
-            loss = loss_fn(images, labels)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-
-    for images, labels in batches[:2]:
-        step(images, labels)
-    synchronize(device)
-    start = time.perf_counter()
-    for images, labels in batches:
-        step(images, labels)
-    synchronize(device)
-    return (time.perf_counter() - start) / len(batches)
-
-
-def time_test(model, batches, device, precision):
-    """Seconds for one evaluation pass, text features computed once."""
-    model.eval()
-    with torch.no_grad(), precision.autocast():
-        start = time.perf_counter()
-        text = model.encode_text()
-        return time.perf_counter() - start + time_eval(lambda x: model(x, text_features=text), batches, device)
 
 
 def time_once(fn, device):

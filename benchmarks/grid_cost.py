@@ -200,7 +200,6 @@ class MethodCost:
                 query[c, n] = measure(lambda: self.query_batch(model, images, precision), device) \
                     if self.dpc and isinstance(model, PromptKDModel) else test[c, n]
             text[c] = (0, 0.0) if self.igt else measure(lambda: self.encode_text(model, precision), device)
-            del model, optim
         self.step = fit_cost(step)
         self.test = fit_cost(test)
         self.query = fit_cost(query)
