@@ -4,6 +4,7 @@ The backbone is a randomly initialised CLIP (timings do not depend on the weight
 ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbone` takes a
 real CLIP name or checkpoint.
 """
+import argparse
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.clip_loading import clip, load_clip_to_cpu  # noqa: E402
 from engine.precision import resolve_precision  # noqa: E402
+from trainers.deep_prompting import tower_sizes  # noqa: E402
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
@@ -70,3 +72,69 @@ def time_eval(run_batch, batches, device):
         run_batch(images)
     synchronize(device)
     return time.perf_counter() - start
+
+
+def time_train(model, loss_fn, batches, device, precision, warmup=2):
+    """Seconds per training step (forward, `loss_fn(images, labels)`, backward, SGD step) over
+    `batches` of (images, labels), after `warmup` untimed steps."""
+    model.train()
+    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+    def step(images, labels):
+        with precision.autocast():
+            loss = loss_fn(images, labels)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+
+    for images, labels in batches[:warmup]:
+        step(images, labels)
+    synchronize(device)
+    start = time.perf_counter()
+    for images, labels in batches:
+        step(images, labels)
+    synchronize(device)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def time_test(model, batches, device, precision):
+    """Seconds for one evaluation pass, the (normalised) text features computed once per evaluation
+    where they do not depend on the image, as the trainer does; image-guided text runs per batch."""
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        start = time.perf_counter()
+        if getattr(model, "igt", False):
+            run = model
+        else:
+            text = model.encode_text()
+            text = text / text.norm(dim=-1, keepdim=True)
+            run = lambda x: model(x, text_features=text)  # noqa: E731
+        return time.perf_counter() - start + time_eval(run, batches, device)
+
+
+class BaseNewWorkload:
+    """The workload of the method-vs-MaPLe cost scripts: batch-4 training steps on `--base-classes`,
+    a batch-100 evaluation of `--images` over `--classes` other classes, prompt depth 9 where the
+    backbone has the layers. Parses the command line and prints the setting."""
+
+    def __init__(self, doc, argv=None):
+        parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_backbone_args(parser)
+        parser.add_argument("--base-classes", type=int, default=50, help="classes seen in training")
+        parser.add_argument("--classes", type=int, default=50, help="classes at evaluation")
+        parser.add_argument("--steps", type=int, default=20, help="timed training steps (batch 4)")
+        parser.add_argument("--images", type=int, default=500, help="evaluation images (batch 100)")
+        args = self.args = parser.parse_args(argv)
+        self.device, self.precision, self.clip_model = setup_backbone(args)
+        sizes = tower_sizes(self.clip_model)
+        self.depth = min(9, sizes.text_layers, sizes.vision_layers)
+        size = self.clip_model.visual.input_resolution
+        torch.manual_seed(0)
+        self.train_batches = [(torch.randn(4, 3, size, size, device=self.device),
+                               torch.randint(args.base_classes, (4,), device=self.device)) for _ in range(args.steps)]
+        self.test_batches = random_batches(self.clip_model, args.images, 100, self.device)
+        self.base = [f"class {i}" for i in range(args.base_classes)]
+        self.new = [f"other class {i}" for i in range(args.classes)]
+        print(f"device {self.device}, precision {self.precision.name}, depth {self.depth}, {args.base_classes} "
+              f"training classes (batch 4, {args.steps} steps), {args.classes} test classes ({args.images} images, "
+              f"batch 100), backbone {backbone_label(args)}")

@@ -14,17 +14,12 @@ ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbo
 
     python benchmarks/cost_dpl_dgprompt.py [--tiny] [--base-classes 50] [--classes 50] [--images 500]
 """
-import argparse
-import time
-
-import torch
 import torch.nn.functional as F
 
 # common first: it puts the repository root on sys.path
-from common import add_backbone_args, backbone_label, random_batches, setup_backbone, synchronize, time_eval  # noqa: I001
+from common import BaseNewWorkload, time_test, time_train  # noqa: I001
 import trainers  # noqa: F401,E402  (registers every config hook)
 from engine.config import build_cfg
-from trainers.deep_prompting import tower_sizes
 from trainers.dgprompt import DGPromptModel
 from trainers.dpl import DPLModel
 from trainers.maple import MaPLeModel
@@ -62,61 +57,10 @@ def build(name, clip_model, classnames, depth, device):
     return model, loss
 
 
-def time_train(model, loss_fn, batches, device, precision):
-    """Seconds per training step (after two warm-up steps)."""
-    model.train()
-    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-
-    def step(images, labels):
-        with precision.autocast():
-            loss = loss_fn(images, labels)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-
-    for images, labels in batches[:2]:
-        step(images, labels)
-    synchronize(device)
-    start = time.perf_counter()
-    for images, labels in batches:
-        step(images, labels)
-    synchronize(device)
-    return (time.perf_counter() - start) / len(batches)
-
-
-def time_test(model, batches, device, precision):
-    """Seconds for one evaluation pass, text features computed once where they do not depend on the image."""
-    model.eval()
-    with torch.no_grad(), precision.autocast():
-        start = time.perf_counter()
-        text = model.encode_text() if not getattr(model, "igt", False) else None
-        run = (lambda x: model(x, text_features=text)) if text is not None else model
-        return time.perf_counter() - start + time_eval(run, batches, device)
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_backbone_args(parser)
-    parser.add_argument("--base-classes", type=int, default=50, help="classes seen in training")
-    parser.add_argument("--classes", type=int, default=50, help="classes at evaluation")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps (batch 4)")
-    parser.add_argument("--images", type=int, default=500, help="evaluation images (batch 100)")
-    args = parser.parse_args(argv)
-
-    device, precision, clip_model = setup_backbone(args)
-    sizes = tower_sizes(clip_model)
-    depth = min(9, sizes.text_layers, sizes.vision_layers)
-    size = clip_model.visual.input_resolution
-    torch.manual_seed(0)
-    train_batches = [(torch.randn(4, 3, size, size, device=device),
-                      torch.randint(args.base_classes, (4,), device=device)) for _ in range(args.steps)]
-    test_batches = random_batches(clip_model, args.images, 100, device)
-    base = [f"class {i}" for i in range(args.base_classes)]
-    new = [f"other class {i}" for i in range(args.classes)]
-
-    print(f"device {device}, precision {precision.name}, depth {depth}, {args.base_classes} training classes "
-          f"(batch 4, {args.steps} steps), {args.classes} test classes ({args.images} images, batch 100), backbone "
-          f"{backbone_label(args)}")
+    w = BaseNewWorkload(__doc__, argv)
+    device, precision, clip_model, depth = w.device, w.precision, w.clip_model, w.depth
+    train_batches, test_batches, base, new = w.train_batches, w.test_batches, w.base, w.new
     names = ["MaPLe", "DPL", "DGPrompt", "DGPrompt IGT off", "DGPrompt full 77"]
     timings = {}
     for name in names:

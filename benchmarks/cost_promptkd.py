@@ -15,7 +15,6 @@ ones (teacher embedding 768); `--backbone` / `--teacher` take real CLIP names or
 """
 import argparse
 import copy
-import time
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from yacs.config import CfgNode as CN
 
 # common first: it puts the repository root on sys.path
 from common import (TINY, add_backbone_args, backbone_label, build_clip, random_batches, setup_backbone,  # noqa: I001
-                    synchronize, time_eval)
+                    time_test, time_train)
 import trainers  # noqa: F401,E402  (registers every config hook)
 from engine.config import build_cfg
 from trainers.deep_prompting import tower_sizes
@@ -88,40 +87,6 @@ def build_maple(clip_model, classnames, device):
     return model.to(device)
 
 
-def time_train(model, loss_fn, batches, device, precision):
-    """Seconds per training step (after one warm-up step)."""
-    model.train()
-    optim = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-
-    def step(images, labels):
-        with precision.autocast():
-            loss = loss_fn(images, labels)
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-
-    step(*batches[0])
-    synchronize(device)
-    start = time.perf_counter()
-    for images, labels in batches:
-        step(images, labels)
-    synchronize(device)
-    return (time.perf_counter() - start) / len(batches)
-
-
-def time_test(model, batches, device, precision):
-    """Seconds for one evaluation pass, the class vectors computed once."""
-    model.eval()
-    with torch.no_grad(), precision.autocast():
-        start = time.perf_counter()
-        text = normalize(model.encode_text())
-        if isinstance(model, MaPLeModel):
-            run = lambda x: model(x, text_features=text)  # noqa: E731
-        else:
-            run = lambda x: model(x, text)  # noqa: E731
-        return time.perf_counter() - start + time_eval(run, batches, device)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_backbone_args(parser)
@@ -146,14 +111,15 @@ def main(argv=None):
           f"{args.images} test images (batch 100), student/MaPLe {backbone_label(args)}, teacher "
           f"{args.teacher or ('tiny random CLIP (embed 768)' if args.tiny else 'random ViT-L/14')}")
     maple = build_maple(clip_model, classnames, device)
-    maple_train = time_train(maple, lambda x, y: F.cross_entropy(maple(x).float(), y), batches(4), device, precision)
+    maple_train = time_train(maple, lambda x, y: F.cross_entropy(maple(x).float(), y), batches(4), device, precision,
+                             warmup=1)
     maple_test = time_test(maple, test_batches, device, precision)
     del maple
     print(f"  MaPLe: {1000 * maple_train:9.1f} ms / train step (batch 4)   {maple_test:8.3f} s / evaluation", flush=True)
     promptkd = build_promptkd(clip_model, teacher_clip, classnames, device)
     kd_batches = batches(8)
-    cached = time_train(promptkd, promptkd_loss(promptkd, cached=True), kd_batches, device, precision)
-    recomputed = time_train(promptkd, promptkd_loss(promptkd, cached=False), kd_batches, device, precision)
+    cached = time_train(promptkd, promptkd_loss(promptkd, cached=True), kd_batches, device, precision, warmup=1)
+    recomputed = time_train(promptkd, promptkd_loss(promptkd, cached=False), kd_batches, device, precision, warmup=1)
     kd_test = time_test(promptkd, test_batches, device, precision)
     print(f"  PromptKD: {1000 * cached:9.1f} ms / train step (batch 8, cached teacher text), "
           f"{1000 * recomputed:9.1f} ms recomputed   {kd_test:8.3f} s / evaluation")

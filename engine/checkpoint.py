@@ -1,6 +1,6 @@
 """Checkpoints in Dassl's layout, written atomically, read without unsafe unpickling.
 
-Layout (common.md §9.5): `<output>/<model_name>/model.pth.tar-<epoch>` plus a text file
+Layout (the official one; docs/engine.md, "Checkpoints"): `<output>/<model_name>/model.pth.tar-<epoch>` plus a text file
 `checkpoint` naming the latest save. Official files pickle Dassl's scheduler object
 (and the optimizer it references), which torch's safe loader refuses. We never fall
 back to unrestricted unpickling: a restricted unpickler rebuilds tensors and plain

@@ -1,6 +1,6 @@
 """Config defaults with Dassl's key names, and `setup_cfg` in the reference merge order.
 
-Order (data_and_protocol.md §4.1): defaults -> every trainer's `TRAINER.<M>` hook ->
+Order (docs/engine.md, "Config"): defaults -> every trainer's `TRAINER.<M>` hook ->
 dataset YAML -> method YAML -> CLI flags -> trailing `KEY VALUE` opts -> freeze.
 yacs' rules apply: unknown keys and type changes are errors (here with a hint).
 """

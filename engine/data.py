@@ -1,7 +1,7 @@
 """Datasets, few-shot sampling, base/new subsampling, transforms and loaders.
 
 Our lean equivalent of Dassl's `DatasetBase`, `DataManager` and `build_transform`.
-Everything that decides which images a run sees follows data_and_protocol.md §1-§3
+Everything that decides which images a run sees follows the official readers (docs/data.md)
 exactly (Python `random` for sampling, classic torchvision transforms in Dassl's
 order), so a seed gives the same few-shot subset and batches as the official code.
 """
@@ -159,7 +159,7 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=
 
 
 # ----------------------------------------------------------------------------------
-# Few-shot sampling and base/new subsampling (data_and_protocol.md §2)
+# Few-shot sampling and base/new subsampling
 # ----------------------------------------------------------------------------------
 
 def split_dataset_by_label(data_source):

@@ -1,6 +1,6 @@
 """One place that turns `PREC` (fp16 | fp32 | amp | bf16) into dtypes, autocast and scaling.
 
-Reference meanings (common.md §7): fp16 keeps CLIP's mixed fp16/fp32 weights and trains
+Reference meanings (docs/engine.md, "Precision"): fp16 keeps CLIP's mixed fp16/fp32 weights and trains
 fp16 prompt tensors with no loss scaling; fp32 converts CLIP to fp32; amp converts to fp32
 and runs forward under CUDA autocast with a GradScaler. bf16 is ours: fp32 parameters,
 bfloat16 autocast. On a CPU fp16 falls back to fp32 (CPU half matmuls are slow or missing).

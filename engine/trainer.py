@@ -3,7 +3,7 @@
 A method subclasses `TrainerBase` and provides `build_model` and `compute_loss`; the
 engine owns the data, the optimizer step (precision, scaler, NaN check), the per-epoch
 LR schedule, printing, checkpoints, auto-resume and evaluation. Construction order and
-RNG use follow the reference (common.md §9, §12): data loaders first, then CLIP, then
+RNG use follow the reference (docs/engine.md, "Reproducibility and RNG order"): data loaders first, then CLIP, then
 the method's parameters; one `iter()` of the train loader per epoch.
 """
 import datetime
@@ -30,7 +30,7 @@ from engine.precision import resolve_precision
 from engine.registry import TRAINERS
 
 # Buffers computed from the current class names; never taken from a checkpoint, which is
-# what lets a prompt trained on base classes be evaluated on new ones (common.md §2).
+# what lets a prompt trained on base classes be evaluated on new ones.
 CLASS_DEPENDENT_BUFFERS = ("token_prefix", "token_suffix", "token_midfix")
 RESUME_FILE = "resume.pth.tar"
 

@@ -1,7 +1,7 @@
 """Deep prompts: CLIP's own residual blocks, with prompt tokens inserted or replaced per layer.
 
 Shared by every method that prompts inside the towers (MaPLe, DPL, DGPrompt, DPC's deep
-backbones). The conventions are MaPLe's / IVLP's (maple.md §3-§4, §7); nothing here assumes
+backbones). The conventions are MaPLe's / IVLP's (docs/methods/maple.md); nothing here assumes
 ViT-B/16 sizes.
 
 Interface
@@ -10,7 +10,8 @@ Interface
     A `PromptedTextEncoder` (same attributes, so whole-model checkpoint keys
     `text_encoder.transformer...` line up). `prompts` (N, 77, width) already holds the layer-0
     prompt at positions 1..n (right after SOT; `assemble_prompts` puts it there). Returns
-    (N, embed_dim). Runs only up to the last EOT, like `PromptedTextEncoder` (decision 10);
+    (N, embed_dim). Runs only up to the last EOT, like `PromptedTextEncoder` (the causal mask makes
+    later tokens irrelevant);
     `truncate=False` runs all positions (DGPrompt's TRUNCATE_TEXT switch and its timing).
 
 `DeepPromptedVisionEncoder(clip_model.visual)(images, prompts=None, deep_prompts=(), block_fn=None)`
@@ -116,7 +117,7 @@ def _prompt_per_group(prompt, n_seq, shared):
 
 
 class DeepPromptedTextEncoder(PromptedTextEncoder):
-    """Prompted text encoder whose deep prompts replace positions 1..n per block (maple.md §3)."""
+    """Prompted text encoder whose deep prompts replace positions 1..n per block."""
 
     def forward(self, prompts, tokenized_prompts, deep_prompts=(), block_fn=None, truncate=True):
         """prompts: (N, 77, width); tokenized_prompts: (N, 77). Returns (N, embed_dim).
@@ -146,7 +147,7 @@ class DeepPromptedTextEncoder(PromptedTextEncoder):
 
 
 class DeepPromptedVisionEncoder(nn.Module):
-    """CLIP's ViT with prompt tokens appended after the patches (maple.md §4).
+    """CLIP's ViT with prompt tokens appended after the patches.
 
     Holds `clip_model.visual`'s own modules under their names (no copies).
     """

@@ -54,7 +54,7 @@ def add_dgprompt_config(cfg):
 
 def retention_loss(text_features, zs_text_features, image_features, zs_image_features, logits, zs_logits,
                    weights=(25.0, 10.0, 1.0)):
-    """Retention against frozen CLIP (dgprompt.md §3), in fp32.
+    """Retention against frozen CLIP, in fp32.
 
     text_features (B, C, E) per image or (C, E); zs_text_features (C, E); image features (B, E):
     all L2-normalised. logits, zs_logits (B, C). weights: (text L1, image L1, KL).
@@ -170,7 +170,7 @@ class DGPromptModel(PromptedCLIP):
         self.depth, self.igt = opts.DEPTH, opts.IGT
         self.truncate, self.class_chunk, self.ret_fuse = opts.TRUNCATE_TEXT, opts.CLASS_CHUNK, opts.RET_FUSE
         self.retention_weights = (opts.TEXT_LOSS_WEIGHT, opts.IMAGE_LOSS_WEIGHT, opts.KL_WEIGHT)
-        # Frozen context and anchors come from the dataset's hand-crafted sentence (dgprompt.md §2.2).
+        # Frozen context and anchors come from the dataset's hand-crafted sentence.
         template = template_for(cfg.DATASET.NAME)
         self.anchor_tokens = tokenize([template.format(class_text(name)) for name in classnames])  # (n_cls, 77)
         with torch.no_grad():
@@ -268,7 +268,7 @@ class DGPromptModel(PromptedCLIP):
         return self.predict(images, text_features).logits
 
     def loss(self, images, labels):
-        """Training loss CE + retention (dgprompt.md §3), in fp32, and the logits."""
+        """Training loss CE + retention, in fp32, and the logits."""
         out = self.predict(images)
         loss = F.cross_entropy(out.logits.float(), labels)
         if any(self.retention_weights):
@@ -306,7 +306,7 @@ class DPC_DGPrompt(DPCMixin, DGPrompt):
 
     @torch.no_grad()
     def query(self, images):
-        """softmax(100·cos) under the frozen P (dpc.md §4 step 1); with IGT the text features are per image."""
+        """softmax(100·cos) under the frozen P (DPC's query); with IGT the text features are per image."""
         if not self.model.igt:
             return super().query(images)
         with substituted_parameters(self.model, self.pretuned):

@@ -61,7 +61,7 @@ def add_dpc_config(cfg):
 
 def _converse_only(value):
     if "converse" not in str(value):
-        raise ConfigError(f"SPLE.STACK.MODE {value!r}: only DPC's 'converse' mode is implemented (dpc.md §3.5)")
+        raise ConfigError(f"SPLE.STACK.MODE {value!r}: only DPC's 'converse' mode is implemented")
     return []
 
 
@@ -75,7 +75,7 @@ def _unused(value):
     return []
 
 
-# The official `SPLE.*` keys (dpc.md §7.1). Keys the reference declares but never reads are accepted and dropped.
+# The official `SPLE.*` keys. Keys the reference declares but never reads are accepted and dropped.
 add_key_aliases({
     "SPLE.BACK_CKPT_PATH": "TRAINER.DPC.BACKBONE_DIR",
     "SPLE.BACK_CKPT_EPOCH": "TRAINER.DPC.BACKBONE_EPOCH",
@@ -96,7 +96,7 @@ _CHOICES = {"BASE_PROMPT": ("trained", "mixed"), "PARAMETERIZATION": ("released"
 
 
 # ----------------------------------------------------------------------------------
-# Picture library (dpc.md §5): class name -> image paths, per-class file order kept
+# Picture library: class name -> image paths, per-class file order kept
 # ----------------------------------------------------------------------------------
 
 def group_by_class(records):
@@ -125,12 +125,12 @@ def read_picture_library(path, image_root):
 
 
 # ----------------------------------------------------------------------------------
-# Dynamic hard negatives (dpc.md §4)
+# Dynamic hard negatives
 # ----------------------------------------------------------------------------------
 
 def negatives_for_anchor(ranking, label, used, num_classes, strict_cap=False, fallback="reference",
                          fallback_skips_last=True):
-    """Negative classes of one anchor; accepted classes are appended to `used` (spec §4 step 2).
+    """Negative classes of one anchor; accepted classes are appended to `used` (the reference's acceptance rule).
 
     ranking: the anchor's top-K classes under P, most similar first.
     used: the batch's ground-truth labels plus every negative accepted so far (non-repeat rule).
@@ -142,7 +142,7 @@ def negatives_for_anchor(ranking, label, used, num_classes, strict_cap=False, fa
     candidates = []
     for c in ranking:
         # Reference behaviour: the K − 1 cap is tested on a list that is still empty, so it never
-        # limits for K >= 2 and rejects everything at K = 1 (§4 step 2.2, §12 #5).
+        # limits for K >= 2 and rejects everything at K = 1 (`STRICT_CAP True` applies the cap).
         if c != label and (len(candidates) if strict_cap else 0) < k - 1:
             candidates.append(c)
     negatives = [c for c in candidates if c not in used]
@@ -150,7 +150,7 @@ def negatives_for_anchor(ranking, label, used, num_classes, strict_cap=False, fa
     if len(negatives) < 2 and fallback == "reference":
         # Reference behaviour: C − 2 draws at most, from randint(1, C − 2) (classes 0 and C − 1
         # never come up; the PromptKD variant: C − 1 draws from randint(1, C − 1)); the draw after
-        # the second acceptance is made and discarded (§4 step 2.4).
+        # the second acceptance is made and discarded.
         top = num_classes - 2 if fallback_skips_last else num_classes - 1
         for _ in range(top):
             c = random.randint(1, top)
@@ -189,7 +189,7 @@ class HardNegativeSampler:
         """images (B, 3, H, W), labels (B,), probs (B, C) under P -> X (N, 3, H, W), Y (N,).
 
         Per anchor, in batch order: fallback draws, `random.choice` picks, then the negatives'
-        training transforms (the reference's RNG order, §4 "RNG consumption").
+        training transforms (the reference's RNG order).
         """
         labels_list = labels.tolist()
         anchors = range(len(labels_list))
@@ -229,7 +229,7 @@ def training_dataset_name(run_dir):
 
 
 def contrastive_loss(logits):
-    """L_CL = ½[CE(Λ, arange N) + CE(Λᵀ, arange N)] (spec §6): sample i's positive is column i."""
+    """L_CL = ½[CE(Λ, arange N) + CE(Λᵀ, arange N)]: sample i's positive is column i."""
     targets = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
@@ -340,9 +340,9 @@ class DPCMixin:
         print(f'Loaded the tuned prompt P from "{path}"')
         return pretuned
 
-    # -- weighting-decoupling (dpc.md §3) -----------------------------------------------
+    # -- weighting-decoupling -----------------------------------------------
     def parallel_prompts(self):
-        """Q = (θ − (1 − ω_b)·P̃)·(1/ω_b) per prompt tensor, with its gradient path to θ (spec §3.2).
+        """Q = (θ − (1 − ω_b)·P̃)·(1/ω_b) per prompt tensor, with its gradient path to θ.
 
         released: P̃ is θ itself, detached (in the reference the converse "P" shares θ's storage),
         so Q equals θ up to rounding and θ's gradient is the loss gradient times 1/ω_b.
@@ -419,7 +419,7 @@ class DPCMixin:
                 write_picture_library(path, records, dataset.image_root)
         topk = min(opts.TOPK, self.num_classes)
         if topk < opts.TOPK:
-            # The reference crashes in `topk` here (dpc.md §12 #8, e.g. EuroSAT's 5 base classes).
+            # The reference crashes in `topk` here (e.g. EuroSAT's 5 base classes).
             print(f"TRAINER.DPC.TOPK {opts.TOPK} > {self.num_classes} classes: using top-{topk}")
         self.sampler = HardNegativeSampler(library, self.classnames, self.negative_transform(), topk,
                                            opts.STRICT_CAP, opts.FALLBACK, opts.DEDUP_ANCHORS, opts.NON_REPEAT,
@@ -431,7 +431,7 @@ class DPCMixin:
 
     @torch.no_grad()
     def query(self, images):
-        """softmax(100·F·T_Pᵀ) of the anchors under the frozen P (spec §4 step 1); (B, C).
+        """softmax(100·F·T_Pᵀ) of the anchors under the frozen P; (B, C).
 
         Ranked as the reference does, on the softmax in the model dtype (fp16 underflow ties included).
         """
@@ -460,19 +460,19 @@ class DPC_CoOp(DPCMixin, CoOp):
 
 @TRAINERS.register("DPC_KgCoOp", config=add_dpc_config)
 class DPC_KgCoOp(DPCMixin, KgCoOp):
-    """KgCoOp + DPC: the prompt is `prompt_learner.ctx`; L_CL alone unless ADD_BACKBONE_LOSS (dpc.md §11.3)."""
+    """KgCoOp + DPC: the prompt is `prompt_learner.ctx`; L_CL alone unless ADD_BACKBONE_LOSS."""
 
 
 @TRAINERS.register("DPC_MaPLe", config=add_dpc_config)
 class DPC_MaPLe(DPCMixin, MaPLe):
     """MaPLe + DPC: the prompt is every `prompt_learner` tensor, the couplings `proj` and
-    `compound_prompt_projections` included, so ω_new = 0 restores the MaPLe backbone exactly (dpc.md §11.3)."""
+    `compound_prompt_projections` included, so ω_new = 0 restores the MaPLe backbone exactly."""
 
 
 @TRAINERS.register("DPC_IVLP", config=add_dpc_config)
 class DPC_IVLP(DPCMixin, IVLP):
     """IVLP + DPC: every prompt tensor is cloned and converted on its own: the text context, the first
-    vision prompt `VPT` and each block's `VPT_shallow` in both towers (dpc.md §11.3)."""
+    vision prompt `VPT` and each block's `VPT_shallow` in both towers."""
 
 
 @TRAINERS.register("DPC_PromptSRC", config=add_dpc_config)

@@ -77,7 +77,7 @@ def _softmax_attention(q, k, v, mask=None):
 
 
 def decoupled_attention(q, k, v, prompt_k, prompt_v, alpha=None, attn_mask=None):
-    """Instance outputs (N, h, L, d/h): (1 - w) * I2I + w * I2P (dpl.md §2.1-§2.2).
+    """Instance outputs (N, h, L, d/h): (1 - w) * I2I + w * I2P.
 
     q, k, v: the instances' (N, h, L, d/h); prompt_k, prompt_v: (N, h, M, d/h).
     alpha: (h,) learned gate per head; None = the exact weight of joint attention over
@@ -89,7 +89,7 @@ def decoupled_attention(q, k, v, prompt_k, prompt_v, alpha=None, attn_mask=None)
         i2p, lse_prompts = _softmax_attention(q, prompt_k, prompt_v)
         weight = torch.sigmoid(lse_prompts - lse_instances).type(v.dtype)   # (N, h, L, 1)
     else:
-        # SDPA's fused CUDA kernels run the softmax in fp32 for fp16/bf16 inputs (dpl.md §2.7).
+        # SDPA's fused CUDA kernels run the softmax in fp32 for fp16/bf16 inputs.
         i2i = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         i2p = F.scaled_dot_product_attention(q, prompt_k, prompt_v)
         weight = alpha.type(v.dtype).view(1, -1, 1, 1)
@@ -97,7 +97,7 @@ def decoupled_attention(q, k, v, prompt_k, prompt_v, alpha=None, attn_mask=None)
 
 
 def condition_prompts(block, prompts, k, v, eot):
-    """LCTP (dpl.md §2.3): each class's prompts read [prompts; its sentence up to EOT], non-causally.
+    """LCTP: each class's prompts read [prompts; its sentence up to EOT], non-causally.
 
     prompts: (M, 1, d) layer prompts; k, v: the sentence tokens' (C, h, L, d/h); eot: (C,).
     Returns the language-conditioned prompts (M, C, d).
@@ -134,7 +134,7 @@ def dpl_block(block, x, prompts, alpha=None, attn_mask=None, eot=None):
 
 
 class DPLPromptLearner(nn.Module):
-    """Per-layer prompts E^l of both towers and the per-layer, per-head gates beta (dpl.md §2.6)."""
+    """Per-layer prompts E^l of both towers and the per-layer, per-head gates beta."""
 
     def __init__(self, opts, clip_model):
         super().__init__()
@@ -225,7 +225,7 @@ class DPLModel(PromptedCLIP):
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         self.frozen_image_encoder = not self.prompt_learner.vision
         self.lctp = opts.LCTP
-        # LCTP keeps CLIP's zero-shot input: the dataset's hand-crafted sentence per class (dpl.md §2.3).
+        # LCTP keeps CLIP's zero-shot input: the dataset's hand-crafted sentence per class.
         template = template_for(cfg.DATASET.NAME)
         self.tokenized_prompts = tokenize([template.format(class_text(name)) for name in classnames])  # (n_cls, 77)
         with torch.no_grad():
@@ -271,6 +271,6 @@ class DPL(TrainerBase):
 @TRAINERS.register("DPC_DPL", config=add_dpc_config)
 class DPC_DPL(DPCMixin, DPL):
     """DPL (reconstructed) + DPC: the cloned prompt is the prompt tokens (`ctx_text`, `ctx_vision`, or the
-    couplings that make the vision tokens); the gates keep their stage-1 values, frozen (dpc.md §11.3)."""
+    couplings that make the vision tokens); the gates keep their stage-1 values, frozen."""
 
     trainable = ("prompt_learner.ctx_", "prompt_learner.couple.")

@@ -32,7 +32,7 @@ def add_kgcoop_config(cfg):
 
 def official_ctx_init(value):
     """KgCoOp's YAML and CLI write `CTX_INIT` as a boolean: True means the phrase "a photo of a",
-    False random init (kgcoop.md §1.1). Phrases pass through unchanged."""
+    False random init. Phrases pass through unchanged."""
     if value is True or value == "True":
         value = "a photo of a"
     elif value is False or value == "False":
@@ -46,7 +46,7 @@ add_key_aliases({"TRAINER.COOP.CTX_INIT": official_ctx_init})
 def handcrafted_text_features(clip_model, classnames, template, device):
     """L2-normalised CLIP text features of `template` per class, (n_cls, embed_dim), fp16.
 
-    Reference behaviour: a second CLIP, fp16 in every PREC, computes them once (kgcoop.md §1.2).
+    Reference behaviour: a second CLIP, fp16 in every PREC, computes them once.
     We reuse the frozen CLIP's weights through an fp16 copy of its text tower, run on `device`.
     """
     encoder = copy.deepcopy(PromptedTextEncoder(clip_model))
@@ -66,7 +66,7 @@ class KgCoOpPromptLearner(CoOpPromptLearner):
 
     def __init__(self, opts, classnames, clip_model):
         super().__init__(opts, classnames, clip_model)
-        self.position = "end"  # Reference behaviour: CLASS_TOKEN_POSITION is read but ignored (kgcoop.md §1)
+        self.position = "end"  # Reference behaviour: CLASS_TOKEN_POSITION is read but ignored
 
 
 class KgCoOpModel(PromptedCLIP):
@@ -86,7 +86,7 @@ class KgCoOpModel(PromptedCLIP):
         """Distance of the learned prompts' features to the hand-crafted ones, over all classes.
 
         code (released): 1 - mean_c cos(t_c, w_c); paper: mean_c ||t_c - w_c||^2 on unit vectors,
-        which is twice the code's value (kgcoop.md §1.6).
+        which is twice the code's value.
         """
         t = text_features / text_features.norm(dim=-1, keepdim=True)
         w = self.clip_text_features / self.clip_text_features.norm(dim=-1, keepdim=True)
@@ -114,6 +114,6 @@ class KgCoOp(TrainerBase):
         return F.cross_entropy(logits, batch.labels) + opts.W * score, logits
 
     def load_checkpoint_state_dict(self, state_dict):
-        # Official files also hold the unused `bias_vectors` and `meta_net.*` (kgcoop.md §1.3).
+        # Official files also hold the unused `bias_vectors` and `meta_net.*`.
         super().load_checkpoint_state_dict(
             {k: v for k, v in state_dict.items() if k != "bias_vectors" and not k.startswith("meta_net.")})

@@ -41,7 +41,7 @@ class MaPLePromptLearner(nn.Module):
                              f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
         dtype = clip_model.dtype
         print("MaPLe design: Multi-modal Prompt Learning")
-        # Reference RNG order (maple.md §1): [random ctx fill], proj, deep text prompts in index
+        # Reference RNG order: [random ctx fill], proj, deep text prompts in index
         # order, then one projection layer that is deep-copied (drawn even when depth is 1).
         init = init_context(clip_model, opts.N_CTX, opts.CTX_INIT, phrase_sets_length=False)
         # Reference behaviour: `proj` is drawn in fp32 and cast (`.half()` there; the model dtype
@@ -52,7 +52,7 @@ class MaPLePromptLearner(nn.Module):
             [nn.Parameter(torch.empty(init.n_ctx, sizes.text_width)) for _ in range(depth - 1)])
         for prompt in self.compound_prompts_text:
             nn.init.normal_(prompt, std=0.02)
-        # Reference behaviour: all deep couplings start identical (maple.md §9.3).
+        # Reference behaviour: all deep couplings start identical.
         coupling = nn.Linear(sizes.text_width, sizes.vision_width)
         self.compound_prompt_projections = nn.ModuleList([copy.deepcopy(coupling) for _ in range(depth - 1)])
 

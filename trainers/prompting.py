@@ -1,11 +1,11 @@
 """Shared prompt machinery: context init, prompt assembly, prompted text encoder, logits.
 
-Everything here is written once and reused by every method (common.md §2-§6):
+Everything here is written once and reused by every method (docs/methods/coop.md):
 - `init_context`: learnable context from a phrase or N(0, 0.02^2), in the model dtype;
 - `ClassPrompts`: tokenized templates, EOT indices, the frozen SOT/suffix embeddings;
 - `assemble_prompts`: [SOT] ctx suffix for the end/middle/front class-token positions;
 - `PromptedTextEncoder`: CLIP's text transformer fed prompt embeddings instead of token ids,
-  run only up to the last EOT (decision 10: the causal mask makes later tokens irrelevant), and
+  run only up to the last EOT (the causal mask makes later tokens irrelevant), and
   running a prefix shared by every class prompt ([SOT] + context) once instead of once per class;
 - `clip_logits` and `PromptedCLIP`, the base model with cached-text-feature evaluation.
 Nothing assumes ViT-B/16 sizes: widths, lengths and layer counts are read from the model.
@@ -40,7 +40,7 @@ class ContextInit:
 
 
 def init_context(clip_model, n_ctx, ctx_init="", n_cls=None, phrase_sets_length=True):
-    """Learnable context, from a phrase or N(0, 0.02^2), in the model dtype (common.md §3).
+    """Learnable context, from a phrase or N(0, 0.02^2), in the model dtype.
 
     Args:
         phrase_sets_length: CoOp-family convention: a phrase sets n_ctx to its word count.
@@ -60,7 +60,7 @@ def init_context(clip_model, n_ctx, ctx_init="", n_cls=None, phrase_sets_length=
     else:
         shape = (n_cls, n_ctx, clip_model.ln_final.weight.shape[0]) if n_cls else \
             (n_ctx, clip_model.ln_final.weight.shape[0])
-        # Reference behaviour: fill an empty tensor of the model dtype in place (common.md §3).
+        # Reference behaviour: fill an empty tensor of the model dtype in place.
         ctx = torch.empty(*shape, dtype=dtype)
         nn.init.normal_(ctx, std=0.02)
         prefix = " ".join(["X"] * n_ctx)
@@ -125,7 +125,7 @@ def _frozen_shared_positions(tokens):
 
 
 def assemble_prompts(ctx, prefix, suffix, name_lens=None, position="end"):
-    """Concatenate [SOT] ctx suffix along the token axis (common.md §4).
+    """Concatenate [SOT] ctx suffix along the token axis.
 
     ctx: (n_ctx, dim) shared or (n_cls, n_ctx, dim) class-specific.
     Returns (n_cls, n_tokens, dim). With a shared ctx and the class name at the end, the result is
@@ -215,7 +215,7 @@ def run_block_after_prefix(block, prefix, x, mask):
 
 
 class PromptedTextEncoder(nn.Module):
-    """CLIP's `encode_text` with prompt embeddings in place of the token lookup (common.md §5).
+    """CLIP's `encode_text` with prompt embeddings in place of the token lookup.
 
     Attribute names match the official `TextEncoder`, so whole-model checkpoints
     (`text_encoder.transformer...`) line up.
@@ -316,7 +316,7 @@ def encode_token_ids(text_encoder, token_embedding, tokenized):
 
 
 def clip_logits(image_features, text_features, logit_scale):
-    """`logit_scale.exp() * normalize(f) @ normalize(t).T`, the scale applied first (common.md §6)."""
+    """`logit_scale.exp() * normalize(f) @ normalize(t).T`, the scale applied first."""
     image_features = image_features / image_features.norm(dim=-1, keepdim=True)
     text_features = text_features / text_features.norm(dim=-1, keepdim=True)
     return logit_scale.exp() * image_features @ text_features.t()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DPC on one backbone, dataset and seed (methods/dpc.md §2): stage 1 (the backbone's own
+# DPC on one backbone, dataset and seed (docs/methods/dpc.md): stage 1 (the backbone's own
 # base-to-new run), stage 2 (DPC_<BACKBONE> on the base classes; its final test is the base
 # accuracy) and the new-class evaluation.
 #

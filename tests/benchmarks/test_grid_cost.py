@@ -31,3 +31,14 @@ def test_rows_for_the_tiny_clip(capsys):
     # DPC stage 2 (batch 4, 20 epochs): 16 shots x 549 base classes / 4 x 20 = 43,920 a seed
     assert rows["CoOp + DPC"][0] == f"{3 * 20 * sum(16 * -(-n // 2) // 4 for n in (1000, 100, 37, 196, 102, 101, 100, 397, 47, 10, 101)):,}"
     assert float(rows["CoOp + DPC"][1]) > 0
+
+
+def test_promptkd_trains_on_every_train_image(capsys):
+    grid_cost.main(["--tiny", "--methods", "PromptKD,DPC_PromptKD", "--classes", "2", "4", "--batch", "2", "3"])
+    rows = {line[:34].strip(): line[34:].split() for line in capsys.readouterr().out.splitlines()}
+    # (batches of 2 or more: the student projector's BatchNorm trains)
+    # PromptKD (batch 8, 20 epochs, 0 shots): the full train split of all classes, 3 seeds
+    assert rows["PromptKD"][0] == f"{3 * 20 * sum(n // 8 for n in grid_cost.TRAIN_IMAGES.values()):,}"
+    # its DPC stage 2 is a 16-shot base-class run (batch 4, 20 epochs), the teacher in its step
+    assert rows["PromptKD + DPC"][0] == f"{3 * 20 * sum(16 * -(-n // 2) // 4 for n in (1000, 100, 37, 196, 102, 101, 100, 397, 47, 10, 101)):,}"
+    assert float(rows["PromptKD + DPC"][1]) > 0

@@ -62,7 +62,7 @@ def test_eval_only_reproduces_the_final_test(base_to_new, method, data_root, tin
 
 
 # ---- DPC on top: stage 1 is the base-to-new run above ------------------------------------------------
-# Cloned tensors (θ, trained in stage 2) and stage-1 tensors that stay frozen (dpc.md §11.3).
+# Cloned tensors (θ, trained in stage 2) and stage-1 tensors that stay frozen.
 DPC_TENSORS = {
     "DPL": ({"ctx_text", "ctx_vision"}, {"beta_text", "beta_vision"}),
     "DGPrompt": ({"ctx_text", "ctx_vision"}, {"tgv.0.q.weight", "tgv.1.o.bias", "igt.0.0.weight", "igt.1.2.bias"}),

@@ -51,7 +51,7 @@ def table_rows(out):
                                           for line in out.splitlines() if line.startswith("| "))}
 
 
-# ---- log scraping (data_and_protocol.md §5.5, §7.4) -----------------------------------------
+# ---- log scraping -----------------------------------------
 
 @pytest.mark.parametrize("printed, expected", [("96.9", 96.9), ("96.92", 96.92), ("1e2", 100.0)])
 def test_one_and_two_decimal_accuracies(tmp_path, printed, expected):
@@ -106,7 +106,7 @@ def test_newest_log_falls_back_past_a_rerun_without_a_result(tmp_path, capsys):
     assert f"file: {tmp_path / 'seed1' / 'log.txt-2024-01-02-03-04-05'}. accuracy: 60.00%. " in out.splitlines()
     assert f"file: {tmp_path / 'seed3' / 'log.txt'}. accuracy: 40.00%. " in out.splitlines()
     assert "seed2" not in out and "* accuracy: 50.00% +- 10.00%" in out
-    # the default stays the official parser's: log.txt only (data_and_protocol.md §5.3, §5.5)
+    # the default stays the official parser's: log.txt only
     assert "* accuracy: 45.00% +- 5.00%" in parse(capsys, tmp_path)
     write(tmp_path / "seed2" / "log.txt-2024-01-04-00-00-00", train_log("70.00"))
     assert parse_results.read_run(tmp_path / "seed2", parse_results.TRAIN_SIGNALS) == (None, None)

@@ -1,4 +1,5 @@
-"""Same seed, same run (spec README decision 2): our side of the CoOp conformance pinned down.
+"""Same seed, same run (what makes a comparison with the reference possible): our side of the
+CoOp conformance pinned down.
 
 A fixed fixture, seed and config must give the recorded few-shot subset and the recorded loss of
 every first-epoch step (CPU, fp32, `NUM_WORKERS 0`). The subset comes from Python's `random`, the

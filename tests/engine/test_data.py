@@ -1,7 +1,7 @@
 """Engine data helpers: few-shot conformance vector, base/new subsampling, loaders, transforms.
 
-The expected values are data_and_protocol.md §2.3 (produced by the reference code), §2.4,
-§3.2 and §3.4.
+The expected values were produced by the reference code (few-shot sampling) or written from its
+readers (subsampling, transforms, loaders; docs/data.md).
 """
 import os
 import random
@@ -20,7 +20,7 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-# ---- few-shot conformance vector (§2.3) ----------------------------------------------------------
+# ---- few-shot conformance vector ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def conformance_sources(tmp_path_factory):
@@ -90,7 +90,7 @@ def test_fewer_items_than_shots_keeps_the_class_and_draws_nothing(conformance_so
     assert generate_fewshot_dataset(train, num_shots=-1) is train
 
 
-# ---- base/new subsampling (§2.4) -------------------------------------------------------------------
+# ---- base/new subsampling -------------------------------------------------------------------
 
 def test_base_new_relabelling_uses_the_first_list_and_applies_to_all(tmp_path):
     image = tmp_path / "x.jpg"
@@ -125,7 +125,7 @@ def test_folder_split_is_50_20_30_with_sorted_listings(tmp_path):
     assert [[i.impath for i in split] for split in first] == [[i.impath for i in split] for split in second]
 
 
-# ---- loaders (§3.4) ---------------------------------------------------------------------------
+# ---- loaders ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def clip_cfg():
@@ -206,7 +206,7 @@ def test_persistent_workers_see_the_augmentations_of_fresh_workers(clip_cfg, tmp
     assert not worker_pids(fresh[0]) & worker_pids(fresh[1])
 
 
-# ---- transforms (§3.2) and decoding (§3.1) ----------------------------------------------------------
+# ---- transforms and decoding ----------------------------------------------------------
 
 @pytest.mark.parametrize("edge_case", EDGE_CASES)
 def test_odd_images_decode_to_three_channels(clip_cfg, image_root, edge_case):

@@ -1,4 +1,4 @@
-"""Deep-prompt encoders against CLIP itself and a hand-unrolled block loop (maple.md §3-§4)."""
+"""Deep-prompt encoders against CLIP itself and a hand-unrolled block loop."""
 import pytest
 import torch
 

@@ -22,7 +22,7 @@ from trainers.dpc import (HardNegativeSampler, contrastive_loss, negatives_for_a
                           substituted_parameters, write_picture_library)
 
 
-# ---- the sampler on hand-built similarity matrices (dpc.md §4) ------------------------
+# ---- the sampler on hand-built similarity matrices ------------------------
 
 def probs_ranking(*rankings, num_classes):
     """A (B, C) similarity matrix whose rows rank the given classes first, in that order."""
@@ -164,7 +164,7 @@ def test_contrastive_loss_matches_a_hand_computation():
     assert contrastive_loss(logits).item() == pytest.approx(expected, rel=1e-6)
 
 
-# ---- picture library (dpc.md §5) ------------------------------------------------------
+# ---- picture library ------------------------------------------------------
 
 class Record:
     def __init__(self, impath, label, classname):
@@ -198,7 +198,7 @@ def test_substituted_parameters_route_gradients_and_restore():
     assert weight.grad is None
 
 
-# ---- official SPLE.* keys (dpc.md §7.1) -----------------------------------------------
+# ---- official SPLE.* keys -----------------------------------------------
 
 def test_official_sple_keys_map_onto_ours(tmp_path):
     yaml = tmp_path / "vit_b16_ep20.yaml"

@@ -42,7 +42,7 @@ def test_training_loss_is_ce_plus_w_times_the_score(clip_fp32):
         t = trainer.model.encode_text()
         f = clip_fp32.visual(images)
         expected_logits = 100.0 * F.normalize(f, dim=-1) @ F.normalize(t, dim=-1).t()
-        w = trainer.model.clip_text_features  # fp16, re-normalised in fp16 (kgcoop.md §1.4-§1.5)
+        w = trainer.model.clip_text_features  # fp16, re-normalised in fp16
         cos = F.cosine_similarity(t / t.norm(dim=-1, keepdim=True), w / w.norm(dim=-1, keepdim=True), dim=1, eps=1e-7)
         expected = F.cross_entropy(expected_logits, labels) + 8.0 * (1 - cos.mean())
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)

@@ -59,7 +59,7 @@ def test_construction_draws_in_the_reference_order(clip_fp32, depth, ctx_init):
     learner = MaPLeModel(maple_cfg(PROMPT_DEPTH=depth, CTX_INIT=ctx_init), CLASSNAMES, clip_fp32).prompt_learner
     after = torch.get_rng_state()
 
-    torch.manual_seed(7)  # replay maple.md §1: [ctx fill], proj, deep text prompts, one projection layer
+    torch.manual_seed(7)  # replay the reference RNG order: [ctx fill], proj, deep text prompts, one projection layer
     if not ctx_init:
         ctx = torch.empty(2, 128).normal_(std=0.02)
         torch.testing.assert_close(learner.ctx, ctx, rtol=0, atol=0)
@@ -75,7 +75,7 @@ def test_construction_draws_in_the_reference_order(clip_fp32, depth, ctx_init):
 
 
 def reference_logits(model, clip_model, images):
-    """maple.md §3-§5 written out with CLIP's own blocks on the full 77-token sequence."""
+    """MaPLe's forward written out with CLIP's own blocks on the full 77-token sequence."""
     learner = model.prompt_learner
     n_ctx = learner.ctx.shape[0]
     deep_text = list(learner.compound_prompts_text)

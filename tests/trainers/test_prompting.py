@@ -1,4 +1,4 @@
-"""Shared prompt machinery against CLIP itself (common.md §2-§6, decision 10)."""
+"""Shared prompt machinery against CLIP itself (docs/methods/coop.md; text runs only up to the last EOT)."""
 import pytest
 import torch
 
