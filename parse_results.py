@@ -5,11 +5,11 @@ Table mode scans `<root>/base2new/{train_base,test_new}/<dataset>/shots_<K>/<MET
     python parse_results.py output/ [--format md|csv|latex] [--compare-paper] [--mean-of-h] [--plot DIR]
 
 Per dataset, Base and New are the mean ± population std over seeds and H = HM(mean Base, mean New).
-The average row is HM(average Base, average New), the papers' convention (data_and_protocol.md §6),
+The average row is HM(average Base, average New), the papers' convention,
 not the mean of the per-dataset H (`--mean-of-h` adds that as a labelled secondary column).
 A run's number is read from its `results.json`, or else from `log.txt` as the official parser reads
 it: the last `* accuracy: X%` after `Finish training` / `Finished training` (base) or `=> result`
-(new). Rerun logs `log.txt-<timestamp>` are ignored unless `--newest-log` (data_and_protocol.md §5.3, §5.5:
+(new). Rerun logs `log.txt-<timestamp>` are ignored unless `--newest-log` (as
 the official parser reads only `log.txt`, the first run's log); with it, the logs are tried newest first,
 `log.txt` last, and the first one holding a result is used, so a crashed rerun does not hide an older result.
 
@@ -99,7 +99,7 @@ def read_run(run_dir, signals, keyword="accuracy", newest_log=False, from_logs=F
 
 
 # ----------------------------------------------------------------------------------------------
-# Official parse_test_res.py behaviour (data_and_protocol.md §5.5)
+# Official parse_test_res.py behaviour
 # ----------------------------------------------------------------------------------------------
 def selected_on_test(run_dir):
     """Whether the run's checkpoint was chosen by accuracy on test data (its results.json says so: PromptKD's

@@ -113,7 +113,7 @@ METHODS = {
     # Unlabelled distillation from a ViT-L/14 PromptSRC teacher (a prerequisite: teacher_model/<DATASET>/...)
     # on every class's whole train split (shots_0); the official scripts pass KD_WEIGHT 1000.
     "PromptKD": Method("vit_b16_c2_ep20_batch8_4+4ctx", opts=("TRAINER.PROMPTKD.KD_WEIGHT", "1000.0"), shots=0),
-    # Reconstructions (spec decision 9): MaPLe-style schedules chosen in dpl.md §4 / dgprompt.md §4.
+    # Reconstructions (labelled as such everywhere): MaPLe-style schedules (docs/methods/dpl.md, dgprompt.md).
     "DPL": Method("vit_b16_c2_ep5_batch4_4+4ctx", label="DPL (reconstructed)",
                   fewshot=Setting("vit_b16_c2_ep5_batch4_4+4ctx"),
                   xd=Setting("vit_b16_c2_ep2_batch4_4+4ctx_cross_datasets")),
@@ -121,7 +121,7 @@ METHODS = {
                        fewshot=Setting(by_shots=((4, "vit_b16_c2_ep20_batch4_4+4ctx"),
                                                  (16, "vit_b16_c2_ep10_batch4_4+4ctx"))),
                        xd=Setting("vit_b16_c2_ep2_batch4_4+4ctx_cross_datasets")),
-    # DPC: stage 2 on top of the backbone's stage-1 run; the runner trains both (dpc.md §9).
+    # DPC: stage 2 on top of the backbone's stage-1 run; the runner trains both (docs/methods/dpc.md).
     "DPC_CoOp": Method("vit_b16_ep20", config_dir="DPC/CoOp", runner=(DPC_RUNNER, "CoOp"), label="CoOp + DPC",
                        fewshot=Setting("vit_b16_ep20", opts=("TRAINER.COOP.N_CTX", "16")),
                        xd=Setting("vit_b16_ep20", opts=("TRAINER.COOP.CTX_INIT", "a photo of a"))),
@@ -146,7 +146,7 @@ METHODS = {
 }
 
 # The 11 base-to-new datasets in the papers' table order: config stem -> (table name, classes,
-# test images). Sizes (data_and_protocol.md §1.1) order the launcher's queue, largest first.
+# test images). Sizes (docs/data.md) order the launcher's queue, largest first.
 DATASETS = {
     "imagenet": ("ImageNet", 1000, 50000),
     "caltech101": ("Caltech101", 100, 2465),
