@@ -443,13 +443,21 @@ def config_value(run_dir, key):
     return node
 
 
-def plot(summaries, out_dir, sweep_keys):
+def pyplot():
+    """matplotlib's pyplot without a display, or None (with a message) when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("--plot: matplotlib is not installed (pip install matplotlib); no plots written", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot(summaries, out_dir, sweep_keys):
+    plt = pyplot()
+    if plt is None:
         return
     os.makedirs(out_dir, exist_ok=True)
     for group, (rows, average, _) in summaries:

@@ -35,7 +35,7 @@ from tabulate import tabulate
 
 import parse_results as base
 from benchmarks.protocol_paper_numbers import paper_table
-from scripts.methods import DATASETS, DG_TARGETS, METHODS, VARIANTS, XD_SOURCE, XD_TARGETS, label
+from scripts.methods import DATASETS, DG_TARGETS, VARIANTS, XD_SOURCE, XD_TARGETS, label
 
 SHOTS_FOLDER = re.compile(r"^(.+)_(\d+)shots$")
 SEED_FOLDER = re.compile(r"^seed(\d+)$")
@@ -419,12 +419,8 @@ def write_csv(rows):
 # Plots (optional: matplotlib)
 # ----------------------------------------------------------------------------------------------
 def plot(protocol, found, columns, out_dir):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("--plot: matplotlib is not installed (pip install matplotlib); no plots written", file=sys.stderr)
+    plt = base.pyplot()
+    if plt is None:
         return
     os.makedirs(out_dir, exist_ok=True)
     zero_shot = found["zero_shot"]
