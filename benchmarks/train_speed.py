@@ -35,7 +35,8 @@ from torch.profiler import ProfilerActivity, profile
 from common import add_backbone_args, backbone_label, setup_backbone, synchronize  # noqa: I001
 import trainers  # noqa: F401,E402  (registers every trainer and config hook)
 from engine.config import build_cfg, merge_from_file, merge_from_list
-from engine.data import Datum, build_data_loader, build_transform
+from engine.dataset import Datum
+from engine.loader import build_data_loader, build_transform
 from engine.optim import build_optimizer
 from engine.registry import TRAINERS
 from engine.trainer import Batch

@@ -4,7 +4,8 @@ Labels follow the case-sensitive sort of the folder names, so `Faces`, `Leopards
 `Motorbikes` come first; four folders are renamed and two are not classes at all.
 """
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, read_and_split_data
+from engine.dataset import DatasetBase, read_and_split_data
+from engine.registry import DATASETS
 
 
 @DATASETS.register("Caltech101")

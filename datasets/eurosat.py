@@ -3,7 +3,8 @@
 Classnames are verbose phrases (`Annual Crop Land`), not the folder names.
 """
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, read_and_split_data
+from engine.dataset import DatasetBase, read_and_split_data
+from engine.registry import DATASETS
 
 
 @DATASETS.register("EuroSAT")

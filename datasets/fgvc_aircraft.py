@@ -6,7 +6,9 @@ banner at the bottom of the images is kept, as in the reference.
 """
 import os
 
-from engine.data import DATASETS, DatasetBase, DatasetError, Datum
+from engine.dataset import DatasetBase, Datum
+from engine.errors import DatasetError
+from engine.registry import DATASETS
 
 _ARCHIVE = ("fgvc-aircraft-2013b.tar.gz from https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/; its data/ folder "
             "becomes DATA/fgvc_aircraft/; or `python scripts/prepare_data.py fgvc_aircraft --root DATA`")

@@ -4,7 +4,8 @@ The fallback cuts each class folder 50/20/30; the official meta/train/test lists
 so the benchmark test set is not the official one.
 """
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, read_and_split_data
+from engine.dataset import DatasetBase, read_and_split_data
+from engine.registry import DATASETS
 
 
 @DATASETS.register("Food101")

@@ -10,9 +10,10 @@ import os
 from collections import OrderedDict
 
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, DatasetError, Datum, listdir_nohidden, read_official_pickle
-from engine.errors import short_reason
+from engine.dataset import DatasetBase, Datum, listdir_nohidden, records_from_official_pickle
+from engine.errors import DatasetError, short_reason
 from engine.io import atomic_write_json
+from engine.registry import DATASETS
 
 _ILSVRC = ("{} from https://image-net.org (ILSVRC-2012, needs an account); put it in DATA/imagenet/ and run "
            "`python scripts/prepare_data.py imagenet --root DATA`, which extracts it into {}")
@@ -79,7 +80,7 @@ class ImageNet(DatasetBase):
                            for key in ("train", "test"))
         elif os.path.exists(official_cache):
             print(f"Loading preprocessed data from {official_cache}")
-            data = read_official_pickle(official_cache, self.dataset_root)
+            data = records_from_official_pickle(official_cache, self.dataset_root)
             train, test = data["train"], data["test"]
         else:
             classnames = read_classnames(self.require("classnames.txt"))

@@ -8,7 +8,9 @@ import os
 
 from datasets.gdrive import gdown_hint
 from datasets.imagenet import read_classnames, read_wnid_folders
-from engine.data import DATASETS, DatasetBase, DatasetError, Datum, listdir_nohidden
+from engine.dataset import DatasetBase, Datum, listdir_nohidden
+from engine.errors import DatasetError
+from engine.registry import DATASETS
 
 
 @DATASETS.register("ImageNetV2")

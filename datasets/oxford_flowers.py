@@ -9,7 +9,9 @@ import random
 from collections import defaultdict
 
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, DatasetError, Datum
+from engine.dataset import DatasetBase, Datum
+from engine.errors import DatasetError
+from engine.registry import DATASETS
 
 _OXFORD = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 

@@ -6,7 +6,8 @@ The fallback reads the official `annotations/trainval.txt` (cut 80/20 into train
 import os
 
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, Datum, split_trainval
+from engine.dataset import DatasetBase, Datum, split_trainval
+from engine.registry import DATASETS
 
 _OXFORD = "https://www.robots.ox.ac.uk/~vgg/data/pets/data/"
 

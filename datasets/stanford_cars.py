@@ -7,7 +7,8 @@ devkit `.mat` files; classnames put the year (last word of the raw name) first.
 import os
 
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, Datum, split_trainval
+from engine.dataset import DatasetBase, Datum, split_trainval
+from engine.registry import DATASETS
 
 _MIRROR = ("the original ai.stanford.edu links are dead; get {} from a mirror with identical files "
            "(e.g. the Kaggle copy of Stanford Cars)")

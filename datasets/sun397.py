@@ -6,7 +6,8 @@ Classnames drop the leading letter and reverse the path: `b/bakery/shop` -> `sho
 import os
 
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, Datum, split_trainval
+from engine.dataset import DatasetBase, Datum, split_trainval
+from engine.registry import DATASETS
 
 _PARTITIONS = ("Partitions.zip from https://vision.princeton.edu/projects/2010/SUN/download/Partitions.zip, "
                "extracted in DATA/sun397/")

@@ -8,7 +8,8 @@ import os
 import re
 
 from datasets.gdrive import gdown_hint
-from engine.data import DATASETS, DatasetBase, Datum, split_trainval
+from engine.dataset import DatasetBase, Datum, split_trainval
+from engine.registry import DATASETS
 
 _SPLITS = ("UCF101TrainTestSplits-RecognitionTask.zip from https://www.crcv.ucf.edu/data/UCF101/, "
            "extracted in DATA/ucf101/")

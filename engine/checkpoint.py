@@ -3,20 +3,20 @@
 Layout (the official one; docs/engine.md, "Checkpoints"): `<output>/<model_name>/model.pth.tar-<epoch>` plus a text file
 `checkpoint` naming the latest save. Official files pickle Dassl's scheduler object
 (and the optimizer it references), which torch's safe loader refuses. We never fall
-back to unrestricted unpickling: a restricted unpickler rebuilds tensors and plain
-containers, turns the known scheduler/optimizer classes into inert placeholders
-(their code never runs), and refuses every other global with a clear message.
+back to unrestricted unpickling: such files go to the restricted reader of
+engine/official_formats.py, which turns those objects into inert placeholders (their code
+never runs) and refuses every other global with a clear message.
 """
 import os
 import pickle
 import re
-import types
 import zipfile
 
 import torch
 
 from engine.errors import CheckpointError, MissingFileError, refused_global, short_reason
 from engine.io import atomic_torch_save, atomic_write_text
+from engine.official_formats import UnsafeCheckpointError, read_official_checkpoint
 
 CHECKPOINT_PREFIX = "model.pth.tar-"
 
@@ -50,60 +50,6 @@ def checkpoint_epochs(save_dir):
     return sorted(int(m.group(1)) for f in os.listdir(save_dir) if (m := pattern.match(f)))
 
 
-class _Placeholder:
-    """Stands in for a pickled scheduler/optimizer object; stores its state, runs nothing."""
-
-    def __init__(self, *args, **kwargs):
-        self.args = args
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-# Globals official checkpoint files contain besides tensors: Dassl's warm-up scheduler,
-# the torch scheduler/optimizer objects it references, and standard containers.
-_PLACEHOLDER_MODULES = ("dassl.", "torch.optim.", "trainers.", "utils.")
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "set"),
-    ("builtins", "frozenset"), ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"),
-    ("builtins", "float"), ("builtins", "int"), ("builtins", "bool"), ("builtins", "str"),
-    ("builtins", "object"), ("copyreg", "_reconstructor"), ("torch", "Size"), ("torch", "device"),
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch", "float16"), ("torch", "float32"), ("torch", "bfloat16"), ("torch", "float64"),
-    ("torch", "int64"), ("torch", "int32"), ("torch", "bool"), ("torch", "Tensor"),
-    ("torch.nn.parameter", "Parameter"), ("functools", "partial"), ("weakref", "ref"),
-}
-
-
-_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
-
-
-class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
-    """A checkpoint that names Python objects we do not load (unpickling them could run code)."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        module = _PY2_MODULES.get(module, module)  # protocol-2 pickles name Python 2 modules
-        if (module, name) in _SAFE_GLOBALS or module == "torch" and name.endswith("Storage"):
-            return super().find_class(module, name)
-        if module.startswith(_PLACEHOLDER_MODULES):
-            return _Placeholder
-        raise UnsafeCheckpointError(
-            f"Refusing to load '{module}.{name}' from a checkpoint: only tensors, plain containers "
-            "and Dassl's optimizer/scheduler objects are accepted. This file is not a CoOp-family checkpoint "
-            "(or was altered); it is not loaded because unpickling it could run arbitrary code."
-        )
-
-
-_restricted_pickle = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler,
-    load=lambda f, **kwargs: _RestrictedUnpickler(f, **kwargs).load(),
-    __name__="restricted_pickle",
-)
-
-
 def load_checkpoint(path):
     """Load a checkpoint dict (ours or an official one) on the CPU, safely."""
     if not os.path.isfile(path):
@@ -120,7 +66,7 @@ def load_checkpoint(path):
             if not refused_global(err):
                 raise
             # Official files pickle Dassl's scheduler object: read them with the restricted unpickler.
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
+            checkpoint = read_official_checkpoint(path)
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"{path}: {err}") from None
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:

@@ -26,6 +26,10 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the run needs does not exist."""
 
 
+class DatasetError(UserError, RuntimeError):
+    """A dataset file or folder is missing or unreadable; the message says how to fix it."""
+
+
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is unreadable, unsafe, or does not fit the model."""
 

@@ -21,10 +21,11 @@ from tqdm import tqdm
 from engine.checkpoint import (CHECKPOINT_PREFIX, checkpoint_epochs, latest_checkpoint, load_checkpoint,
                                save_checkpoint)
 from engine.clip_loading import backbone_fingerprint, load_clip_to_cpu
-from engine.data import DataManager, subsample_splits
+from engine.dataset import subsample_splits
 from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.evaluator import Classification
 from engine.io import atomic_torch_save, atomic_write_json
+from engine.loader import DataManager
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.precision import resolve_precision
 from engine.registry import TRAINERS

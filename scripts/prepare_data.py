@@ -29,7 +29,7 @@ sys.path.insert(0, REPO)
 
 import datasets  # noqa: E402,F401  (registers the readers)
 from datasets.gdrive import GDRIVE_IDS  # noqa: E402
-from engine.data import DATASETS  # noqa: E402
+from engine.registry import DATASETS  # noqa: E402
 
 # torchvision class, and (where its download lands under its root, where the reader wants it
 # under the dataset dir) for each piece kept.

@@ -25,7 +25,7 @@ from yacs.config import CfgNode as CN
 
 from engine.checkpoint import CHECKPOINT_PREFIX, checkpoint_epochs, load_checkpoint
 from engine.config import add_key_aliases
-from engine.data import read_image, subsample_splits
+from engine.dataset import read_image, subsample_splits
 from engine.io import atomic_write_json
 from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.registry import TRAINERS

@@ -23,7 +23,7 @@ from yacs.config import CfgNode as CN
 
 from engine.checkpoint import CHECKPOINT_PREFIX, checkpoint_epochs, load_checkpoint
 from engine.clip_loading import load_clip_to_cpu
-from engine.data import subsample_classes
+from engine.dataset import subsample_classes
 from engine.registry import TRAINERS
 from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.trainer import CheckpointMismatch, TrainerBase

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.data import DatasetError
+from engine.errors import DatasetError
 from engine.trainer import TrainerBase
 from tests.helpers.cli import read_results, run_train
 from tests.helpers.official import make_official_style_checkpoint

@@ -11,7 +11,7 @@ import pytest
 
 import datasets  # noqa: F401  (registers the readers)
 from engine.config import get_cfg_default
-from engine.data import DATASETS
+from engine.registry import DATASETS
 from tests.helpers.fixtures import make_all
 
 

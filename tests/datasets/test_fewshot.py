@@ -10,7 +10,8 @@ import random
 
 import pytest
 
-from engine.data import DatasetError, generate_fewshot_dataset, read_split
+from engine.dataset import generate_fewshot_dataset, read_split
+from engine.errors import DatasetError
 from tests.helpers.fixtures import make_dataset
 
 

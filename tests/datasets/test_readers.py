@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from datasets.gdrive import GDRIVE_IDS
-from engine.data import DATASETS, DatasetError
+from engine.errors import DatasetError
+from engine.registry import DATASETS
 from tests.helpers.fixtures import CLASSNAMES, FIXTURE_DATASETS, VARIANT_DATASETS, make_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
