@@ -40,7 +40,7 @@ import yaml
 from tabulate import tabulate
 
 from benchmarks.paper_numbers import paper_result
-from scripts.methods import DATASETS, label
+from scripts.methods import PAPER_DATASETS, label
 
 TRAIN_SIGNALS = ("Finish training", "Finished training")  # Dassl >= 0.6.1, and the older spelling
 TEST_SIGNALS = ("=> result",)
@@ -248,7 +248,7 @@ class Row:
 
 
 def dataset_order(name):
-    names = list(DATASETS)
+    names = list(PAPER_DATASETS)
     return (names.index(name), name) if name in names else (len(names), name)
 
 
@@ -289,7 +289,7 @@ def summarise(group, seeds, datasets, compare_paper):
 
 def paper_average(method, datasets):
     """The paper's average over the same datasets, by the same convention (the published row if all 11)."""
-    if sorted(datasets) == sorted(DATASETS):
+    if sorted(datasets) == sorted(PAPER_DATASETS):
         return paper_result(method, "average")
     triples = [paper_result(method, d)[0] for d in datasets]
     if not triples or any(t is None or t[0] is None for t in triples):
@@ -339,7 +339,7 @@ def fmt_num(x):
 
 
 def display_name(dataset):
-    return DATASETS[dataset][0] if dataset in DATASETS else dataset
+    return PAPER_DATASETS[dataset][0] if dataset in PAPER_DATASETS else dataset
 
 
 def render_group(group, rows, average, n_complete, args, style):

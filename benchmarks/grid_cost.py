@@ -44,7 +44,7 @@ from common import add_backbone_args, backbone_label, setup_backbone, synchroniz
 from cost_promptkd import build_teacher_clip
 import trainers  # noqa: F401,E402  (registers every config hook)
 from engine.config import build_cfg, merge_from_file, merge_from_list
-from scripts.methods import DATASETS, METHODS, SEEDS, default_config_file
+from scripts.methods import METHODS, PAPER_DATASETS, SEEDS, default_config_file
 from trainers.coop import CoOpModel
 from trainers.deep_prompting import tower_sizes
 from trainers.dgprompt import DGPromptModel
@@ -273,7 +273,7 @@ class MethodCost:
         totals = {"steps": 0, "train": [0.0, 0.0], "test": [0.0, 0.0]}
         entry = METHODS.get(self.name)
         unlabelled = entry is not None and entry.shots == 0  # PromptKD: every train image of every class
-        for stem, (_, n_cls, n_test) in DATASETS.items():
+        for stem, (_, n_cls, n_test) in PAPER_DATASETS.items():
             base = math.ceil(n_cls / 2)
             train_classes = n_cls if unlabelled else base
             images = TRAIN_IMAGES[stem] if unlabelled else SHOTS * base
@@ -311,7 +311,7 @@ def main(argv=None):
     teacher_clip = build_teacher_clip(args, precision) if any(n.endswith("PromptKD") for n in names) else None
     torch.manual_seed(0)
     print(f"device {device}, precision {precision.name}, backbone {backbone_label(args)}; measured at "
-          f"C = {args.classes}, N = {args.batch}; grid: {len(DATASETS)} datasets x {len(SEEDS)} seeds, {SHOTS} shots")
+          f"C = {args.classes}, N = {args.batch}; grid: {len(PAPER_DATASETS)} datasets x {len(SEEDS)} seeds, {SHOTS} shots")
     header = (f"{'method':<34} {'steps':>9} {'train PFLOP':>12} {'test PFLOP':>11} "
               f"{'measured h':>11} {f'h @ {args.tflops:g} TFLOP/s':>18}")
     print(header)

@@ -147,7 +147,7 @@ METHODS = {
 
 # The 11 base-to-new datasets in the papers' table order: config stem -> (table name, classes,
 # test images). Sizes (docs/data.md) order the launcher's queue, largest first.
-DATASETS = {
+PAPER_DATASETS = {
     "imagenet": ("ImageNet", 1000, 50000),
     "caltech101": ("Caltech101", 100, 2465),
     "oxford_pets": ("OxfordPets", 37, 3669),
@@ -169,14 +169,14 @@ VARIANTS = {
     "imagenet_r": ("ImageNet-R", 200, 30000),
 }
 XD_SOURCE = "imagenet"
-XD_TARGETS = tuple(d for d in DATASETS if d != XD_SOURCE)  # cross-dataset transfer
+XD_TARGETS = tuple(d for d in PAPER_DATASETS if d != XD_SOURCE)  # cross-dataset transfer
 DG_TARGETS = tuple(VARIANTS)                              # domain generalisation
 FEWSHOT_SHOTS = (1, 2, 4, 8, 16)
 
 
 def dataset_size(dataset, shots=16):
     """Images one base-to-new run touches once: the few-shot base train set plus both test halves."""
-    _, n_cls, n_test = DATASETS.get(dataset, (dataset, 0, 0))
+    _, n_cls, n_test = PAPER_DATASETS.get(dataset, (dataset, 0, 0))
     return shots * ((n_cls + 1) // 2) + n_test
 
 
@@ -305,8 +305,8 @@ def split_list(text, kind):
         return [item for item in text.split(",") if item]
     if kind == "methods":
         return [m for m, e in METHODS.items() if e.config and os.path.isfile(default_config_file(m, e))]
-    return {"datasets": list(DATASETS), "seeds": [str(s) for s in SEEDS], "shots": [str(k) for k in FEWSHOT_SHOTS],
-            "targets": [*XD_TARGETS, *DG_TARGETS]}[kind]
+    return {"datasets": list(PAPER_DATASETS), "seeds": [str(s) for s in SEEDS],
+            "shots": [str(k) for k in FEWSHOT_SHOTS], "targets": [*XD_TARGETS, *DG_TARGETS]}[kind]
 
 
 def parse_method(spec):
@@ -415,7 +415,7 @@ class ProtocolRun:
     @property
     def size(self):
         """Images the job touches once: its train set (if it trains) and its test set."""
-        _, n_cls, n_test = {**DATASETS, **VARIANTS}.get(self.dataset, (self.dataset, 0, 0))
+        _, n_cls, n_test = {**PAPER_DATASETS, **VARIANTS}.get(self.dataset, (self.dataset, 0, 0))
         return n_test + (0 if self.eval_only or self.is_target else self.shots * n_cls)
 
     @property

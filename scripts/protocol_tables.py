@@ -35,13 +35,13 @@ from tabulate import tabulate
 
 import parse_results as base
 from benchmarks.protocol_paper_numbers import paper_table
-from scripts.methods import DATASETS, DG_TARGETS, VARIANTS, XD_SOURCE, XD_TARGETS, label
+from scripts.methods import DG_TARGETS, PAPER_DATASETS, VARIANTS, XD_SOURCE, XD_TARGETS, label
 
 SHOTS_FOLDER = re.compile(r"^(.+)_(\d+)shots$")
 SEED_FOLDER = re.compile(r"^seed(\d+)$")
 NOT_DATASETS = {"base2new", "evaluation", "few_shot", "ZeroshotCLIP", "launch_logs", "slurm"}
-NAMES = {stem: name for stem, (name, _, _) in {**DATASETS, **VARIANTS}.items()}
-ORDER = [*DATASETS, *VARIANTS]
+NAMES = {stem: name for stem, (name, _, _) in {**PAPER_DATASETS, **VARIANTS}.items()}
+ORDER = [*PAPER_DATASETS, *VARIANTS]
 PROTOCOL_NAMES = {"base2new": "Base-to-new", "fewshot": "Few-shot", "xd": "Cross-dataset transfer",
                   "dg": "Domain generalisation"}
 TITLES = {"fewshot": "Few-shot learning, all classes (Average over the datasets)",
@@ -282,8 +282,8 @@ def fewshot_tables(found, datasets, args, style):
             rows.append((dataset, cells))
         averages = [average([cells[i] for _, cells in rows]) for i in range(len(shots))]
         results, source = paper_table("fewshot", group.method) if args.compare_paper else ({}, "")
-        paper_avg = [paper_average({d: results.get(d, {}).get(k) for d in ("average", *datasets)}, datasets, DATASETS)
-                     for k in shots]
+        paper_avg = [paper_average({d: results.get(d, {}).get(k) for d in ("average", *datasets)}, datasets,
+                                   PAPER_DATASETS) for k in shots]
         for dataset, cells in rows:
             for k, c in zip(shots, cells):
                 csv_rows.append(("fewshot", group, dataset, k, c, results.get(dataset, {}).get(k), source))
@@ -492,7 +492,7 @@ def main(args, protocol, root):
     zero_shot = {d for d, _ in found["zero_shot"].cells} if found["zero_shot"] else set()
     if protocol == "fewshot":
         learned = {d for g in found["fewshot"] for d, _ in g.cells}
-        datasets = chosen or sorted(learned or zero_shot & set(DATASETS), key=dataset_order)
+        datasets = chosen or sorted(learned or zero_shot & set(PAPER_DATASETS), key=dataset_order)
         if not datasets:
             return False
         rows = fewshot_tables(found, datasets, args, style)

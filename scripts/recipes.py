@@ -17,7 +17,7 @@ import shlex
 from dataclasses import dataclass
 
 from benchmarks import cost_estimates, paper_numbers, protocol_paper_numbers
-from scripts.methods import (DATASETS, DG_TARGETS, FEWSHOT_SHOTS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
+from scripts.methods import (DG_TARGETS, FEWSHOT_SHOTS, PAPER_DATASETS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
                              GridError, Run, dataset_size, label, parse_method, protocol_grid, resolve)
 
 MARGIN = 1.0  # points: the marker threshold where only one seed ran
@@ -61,8 +61,8 @@ class Recipe:
     def columns(self):
         if self.datasets:
             return self.datasets
-        return {"base2new": tuple(DATASETS), "fewshot": tuple(DATASETS), "xd": XD_TARGETS, "dg": DG_TARGETS}[
-            self.protocol]
+        return {"base2new": tuple(PAPER_DATASETS), "fewshot": tuple(PAPER_DATASETS), "xd": XD_TARGETS,
+                "dg": DG_TARGETS}[self.protocol]
 
 
 PAPER_TABLES = {"base2new": paper_numbers.PAPER, "dpc-reruns": paper_numbers.DPC_BACKBONE_RERUNS,
@@ -236,8 +236,8 @@ def run_hours(job):
     hours = cost_estimates.GRID_HOURS.get(key)
     if hours is None or not isinstance(job.run, Run):  # the figures are base-to-new runs
         return None
-    share = dataset_size(job.dataset) / sum(dataset_size(d) for d in DATASETS)
-    return hours * share * len(DATASETS) / cost_estimates.GRID_RUNS
+    share = dataset_size(job.dataset) / sum(dataset_size(d) for d in PAPER_DATASETS)
+    return hours * share * len(PAPER_DATASETS) / cost_estimates.GRID_RUNS
 
 
 def print_plan(recipe, runs, opts=()):
@@ -404,7 +404,7 @@ def table_cells(recipe, output):
 def group_name(group):
     if group == "average":
         return "Average"
-    return {**DATASETS, **VARIANTS}.get(group, (group,))[0]
+    return {**PAPER_DATASETS, **VARIANTS}.get(group, (group,))[0]
 
 
 def render(recipe, output, style="md"):
