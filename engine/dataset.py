@@ -217,6 +217,10 @@ def _relabel(item, label):
     return new
 
 
+# ----------------------------------------------------------------------------------
+# The dataset base class (and the official Dassl caches it can read)
+# ----------------------------------------------------------------------------------
+
 def _datum_unchecked(impath, label, classname):
     item = object.__new__(Datum)
     item.impath, item.label, item.domain, item.classname = impath, int(label), 0, classname

@@ -1,4 +1,4 @@
-"""The loader side: transforms, the per-image reader, worker seeding, loaders, `DataManager`.
+"""The loader side: transforms, the per-record wrapper, worker seeding, loaders, `DataManager`.
 
 Our lean equivalent of Dassl's `build_transform`, `DatasetWrapper`, `build_data_loader` and
 `DataManager`: classic torchvision transforms in Dassl's order and the same samplers and worker
@@ -81,6 +81,10 @@ def build_transform(cfg, is_train):
         tfm.append(normalize)
     return T.Compose(tfm)
 
+
+# ----------------------------------------------------------------------------------
+# Records to batches: the per-record wrapper, worker seeding, loaders
+# ----------------------------------------------------------------------------------
 
 class DatasetWrapper(Dataset):
     """Reads and transforms one record; items are dicts as in Dassl (`img`, `label`, ...)."""
