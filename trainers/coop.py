@@ -58,6 +58,7 @@ class CoOpModel(PromptedCLIP):
 class CoOp(TrainerBase):
     """Optimises only `prompt_learner.ctx`; checkpoints hold `ctx`, `token_prefix`, `token_suffix`."""
 
+    config_node = "COOP"
     trainable = ("prompt_learner.ctx",)
 
     def build_model(self, clip_model, classnames):

@@ -11,7 +11,7 @@ prompts to frozen layer-l text features of the current class names) and image-gu
 prompts (IGT: a per-layer meta-net on the frozen image's layer-l CLS feature, so text prompts
 are per image; IGT False makes them instance-agnostic at MaPLe's cost). Generators start at
 zero output. A retention loss (PromptSRC-style L1 on both features plus KL on the logits,
-against frozen CLIP with the dataset template) restrains tuning. `DPC_DGPrompt` (end of file)
+against frozen CLIP with the dataset template) restrains tuning. `DPC_DGPrompt` (trainers/dpc.py)
 puts DPC on top. Deviations: README "Differences from the official code".
 """
 from dataclasses import dataclass
@@ -24,7 +24,6 @@ from yacs.config import CfgNode as CN
 from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.dpc import DPCMixin, add_dpc_config, substituted_parameters
 from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import (PromptedCLIP, assemble_prompts, build_class_prompts, class_text, eot_indices,
                                 init_context, mark_shared_prefix, run_block, tokenize)
@@ -295,21 +294,3 @@ class DGPrompt(TrainerBase):
 
     def compute_loss(self, batch):
         return self.model.loss(batch.images, batch.labels)
-
-
-@TRAINERS.register("DPC_DGPrompt", config=add_dpc_config)
-class DPC_DGPrompt(DPCMixin, DGPrompt):
-    """DGPrompt (reconstructed) + DPC: the cloned prompt is the base prompts C_t, C_v; both generators keep
-    their stage-1 weights, frozen, so they still adapt the cloned prompts to each class set and image."""
-
-    trainable = ("prompt_learner.ctx_text", "prompt_learner.ctx_vision")
-
-    @torch.no_grad()
-    def query(self, images):
-        """softmax(100·cos) under the frozen P (DPC's query); with IGT the text features are per image."""
-        if not self.model.igt:
-            return super().query(images)
-        with substituted_parameters(self.model, self.pretuned):
-            out = self.model.predict(images)
-        cosine = (out.image_features.unsqueeze(1) @ out.text_features.transpose(1, 2)).squeeze(1)  # (B, C)
-        return (100 * cosine).softmax(dim=-1)

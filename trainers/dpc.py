@@ -9,7 +9,8 @@ weighting-decoupling gives the base classes the tuned prompt and the new classes
 the backbone's P, so new-class accuracy is the backbone's.
 
 Written once as `DPCMixin`; `class DPC_CoOp(DPCMixin, CoOp)` applies it to a backbone, and
-"the prompt" is whatever that backbone trains (its `trainable` parameters). The official code
+"the prompt" is whatever that backbone trains (its `trainable` parameters). Every in-tree
+`DPC_*` trainer is registered here; the backbone files do not know DPC. The official code
 calls DPC "SPLE"; its `SPLE.*` keys are accepted. Spec: methods/dpc.md. Deviations: README.
 """
 import contextlib
@@ -31,6 +32,8 @@ from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.registry import TRAINERS
 from engine.trainer import CheckpointMismatch, checkpoint_writer
 from trainers.coop import CoOp
+from trainers.dgprompt import DGPrompt
+from trainers.dpl import DPL
 from trainers.ivlp import IVLP
 from trainers.kgcoop import KgCoOp
 from trainers.maple import MaPLe
@@ -483,6 +486,32 @@ class DPC_PromptSRC(DPCMixin, PromptSRC):
     so the new-class result at ω_new = 0 is PromptSRC's own."""
 
     aggregates_epochs = False
+
+
+@TRAINERS.register("DPC_DPL", config=add_dpc_config)
+class DPC_DPL(DPCMixin, DPL):
+    """DPL (reconstructed) + DPC: the cloned prompt is the prompt tokens (`ctx_text`, `ctx_vision`, or the
+    couplings that make the vision tokens); the gates keep their stage-1 values, frozen."""
+
+    trainable = ("prompt_learner.ctx_", "prompt_learner.couple.")
+
+
+@TRAINERS.register("DPC_DGPrompt", config=add_dpc_config)
+class DPC_DGPrompt(DPCMixin, DGPrompt):
+    """DGPrompt (reconstructed) + DPC: the cloned prompt is the base prompts C_t, C_v; both generators keep
+    their stage-1 weights, frozen, so they still adapt the cloned prompts to each class set and image."""
+
+    trainable = ("prompt_learner.ctx_text", "prompt_learner.ctx_vision")
+
+    @torch.no_grad()
+    def query(self, images):
+        """softmax(100·cos) under the frozen P (DPC's query); with IGT the text features are per image."""
+        if not self.model.igt:
+            return super().query(images)
+        with substituted_parameters(self.model, self.pretuned):
+            out = self.model.predict(images)
+        cosine = (out.image_features.unsqueeze(1) @ out.text_features.transpose(1, 2)).squeeze(1)  # (B, C)
+        return (100 * cosine).softmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------

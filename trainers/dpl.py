@@ -11,7 +11,7 @@ Prompts are never sequence positions, so the instance stream is CLIP's own and a
 zero-shot CLIP. Text prompts are language-conditioned (LCTP): at each prompted layer they
 first read their class's hand-crafted sentence, then the sentence reads them. MIX=exact
 uses joint attention's own weight instead of alpha (equal to ordinary attention over
-[prompts; tokens]). Loss: cross-entropy only. `DPC_DPL` (end of file) puts DPC on top.
+[prompts; tokens]). Loss: cross-entropy only. `DPC_DPL` (trainers/dpc.py) puts DPC on top.
 Deviations: README "Differences from the official code".
 """
 import torch
@@ -22,7 +22,6 @@ from yacs.config import CfgNode as CN
 from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.dpc import DPCMixin, add_dpc_config
 from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedCLIP, class_text, eot_indices, run_block, tokenize
 from trainers.templates import template_for
@@ -266,11 +265,3 @@ class DPL(TrainerBase):
     def compute_loss(self, batch):
         logits = self.model(batch.images)
         return F.cross_entropy(logits.float(), batch.labels), logits
-
-
-@TRAINERS.register("DPC_DPL", config=add_dpc_config)
-class DPC_DPL(DPCMixin, DPL):
-    """DPL (reconstructed) + DPC: the cloned prompt is the prompt tokens (`ctx_text`, `ctx_vision`, or the
-    couplings that make the vision tokens); the gates keep their stage-1 values, frozen."""
-
-    trainable = ("prompt_learner.ctx_", "prompt_learner.couple.")

@@ -99,6 +99,7 @@ class KgCoOpModel(PromptedCLIP):
 class KgCoOp(TrainerBase):
     """Optimises `prompt_learner.ctx` with CE + W * knowledge score; checkpoints as CoOp's."""
 
+    config_node = "COOP"  # KgCoOp's keys extend CoOp's node, as in the official code
     trainable = ("prompt_learner.ctx",)
 
     def build_model(self, clip_model, classnames):

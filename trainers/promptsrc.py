@@ -26,7 +26,7 @@ from yacs.config import CfgNode as CN
 
 from engine.registry import TRAINERS
 from engine.errors import ConfigError
-from engine.trainer import CLASS_DEPENDENT_BUFFERS, CheckpointMismatch
+from engine.trainer import CheckpointMismatch
 from trainers.ivlp import IVLP, IVLPModel, is_ivlp_trainable
 from trainers.prompting import class_text, tokenize
 from trainers.templates import PROMPTSRC_TEMPLATES
@@ -235,7 +235,7 @@ class PromptSRC(IVLP):
         """The floating-point state tensors GPA folds besides the prompts (frozen weights, buffers)."""
         return {k: v for k, v in self.model.state_dict().items()
                 if v.is_floating_point() and not is_ivlp_trainable(k)
-                and (class_buffers or k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS)}
+                and (class_buffers or k.rsplit(".", 1)[-1] not in self.class_dependent_buffers)}
 
     def save_pristine_frozen(self):
         """Keep a CPU copy of the frozen tensors before they first change (later folds start from it)."""
@@ -276,7 +276,7 @@ class PromptSRC(IVLP):
         ours = self.frozen_tensors(class_buffers=False)
         frozen = {k: v for k, v in state_dict.items() if k in ours}
         unknown = [k for k in state_dict if not is_ivlp_trainable(k) and k not in ours
-                   and k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS]
+                   and k.rsplit(".", 1)[-1] not in self.class_dependent_buffers]
         if unknown:
             print(f"Warning: checkpoint keys not in this model, ignored: {unknown[:4]}")
         if frozen:
