@@ -100,27 +100,28 @@ def igt_meta_net(vision_width, text_width, hidden):
 class DGPromptLearner(nn.Module):
     """Base prompts of both towers, the two generators, and the class-name token buffers."""
 
-    def __init__(self, opts, classnames, clip_model):
+    def __init__(self, dgprompt_cfg, classnames, clip_model):
         super().__init__()
         sizes = tower_sizes(clip_model)
-        depth = opts.DEPTH
+        depth = dgprompt_cfg.DEPTH
         if not 1 <= depth <= min(sizes.text_layers, sizes.vision_layers):
             raise ConfigError(f"TRAINER.DGPROMPT.DEPTH must be between 1 and the number of layers "
                              f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
-        print(f"{NAME}: depth {depth}, {opts.N_CTX_T}+{opts.N_CTX_V} tokens, TGV {opts.TGV}, IGT {opts.IGT}")
-        init = init_context(clip_model, opts.N_CTX_T, opts.CTX_INIT, phrase_sets_length=False)
+        print(f"{NAME}: depth {depth}, {dgprompt_cfg.N_CTX_T}+{dgprompt_cfg.N_CTX_V} tokens, "
+              f"TGV {dgprompt_cfg.TGV}, IGT {dgprompt_cfg.IGT}")
+        init = init_context(clip_model, dgprompt_cfg.N_CTX_T, dgprompt_cfg.CTX_INIT, phrase_sets_length=False)
         # Base prompts C_t^l, C_v^l for l = 1..J (fp32; cast to the activation dtype at injection).
         ctx_text = torch.empty(depth, init.n_ctx, sizes.text_width)
         nn.init.normal_(ctx_text, std=0.02)
         ctx_text[0] = init.ctx.float()  # layer 1 from the phrase (or its own N(0, 0.02^2) draw)
         self.ctx_text = nn.Parameter(ctx_text)                                       # (J, M_t, text_width)
-        self.ctx_vision = nn.Parameter(torch.empty(depth, opts.N_CTX_V, sizes.vision_width))
+        self.ctx_vision = nn.Parameter(torch.empty(depth, dgprompt_cfg.N_CTX_V, sizes.vision_width))
         nn.init.normal_(self.ctx_vision, std=0.02)                                    # (J, M_v, vision_width)
-        if opts.TGV:
-            self.tgv = nn.ModuleList(DGPromptTGV(sizes.vision_width, sizes.text_width, opts.TGV_DIM)
+        if dgprompt_cfg.TGV:
+            self.tgv = nn.ModuleList(DGPromptTGV(sizes.vision_width, sizes.text_width, dgprompt_cfg.TGV_DIM)
                                      for _ in range(depth))
-        if opts.IGT:
-            self.igt = nn.ModuleList(igt_meta_net(sizes.vision_width, sizes.text_width, opts.IGT_HIDDEN)
+        if dgprompt_cfg.IGT:
+            self.igt = nn.ModuleList(igt_meta_net(sizes.vision_width, sizes.text_width, dgprompt_cfg.IGT_HIDDEN)
                                      for _ in range(depth))
 
         prompts = build_class_prompts(clip_model, classnames, init.prompt_prefix, init.n_ctx)
@@ -162,13 +163,14 @@ class DGPromptModel(PromptedCLIP):
 
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
-        opts = cfg.TRAINER.DGPROMPT
-        self.prompt_learner = DGPromptLearner(opts, classnames, clip_model)
+        dgprompt_cfg = cfg.TRAINER.DGPROMPT
+        self.prompt_learner = DGPromptLearner(dgprompt_cfg, classnames, clip_model)
         self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
-        self.depth, self.igt = opts.DEPTH, opts.IGT
-        self.truncate, self.class_chunk, self.ret_fuse = opts.TRUNCATE_TEXT, opts.CLASS_CHUNK, opts.RET_FUSE
-        self.retention_weights = (opts.TEXT_LOSS_WEIGHT, opts.IMAGE_LOSS_WEIGHT, opts.KL_WEIGHT)
+        self.depth, self.igt = dgprompt_cfg.DEPTH, dgprompt_cfg.IGT
+        self.truncate, self.class_chunk = dgprompt_cfg.TRUNCATE_TEXT, dgprompt_cfg.CLASS_CHUNK
+        self.ret_fuse = dgprompt_cfg.RET_FUSE
+        self.retention_weights = (dgprompt_cfg.TEXT_LOSS_WEIGHT, dgprompt_cfg.IMAGE_LOSS_WEIGHT, dgprompt_cfg.KL_WEIGHT)
         # Frozen context and anchors come from the dataset's hand-crafted sentence.
         template = template_for(cfg.DATASET.NAME)
         self.anchor_tokens = tokenize([template.format(class_text(name)) for name in classnames])  # (n_cls, 77)
