@@ -46,13 +46,13 @@ def build_teacher_clip(args, precision):
 
 def build_promptkd(clip_model, teacher_clip, classnames, device):
     sizes, teacher_sizes = tower_sizes(clip_model), tower_sizes(teacher_clip)
-    teacher_opts = CN(dict(N_CTX_TEXT=4, N_CTX_VISION=4, CTX_INIT="a photo of a",
+    teacher_cfg = CN(dict(N_CTX_TEXT=4, N_CTX_VISION=4, CTX_INIT="a photo of a",
                            PROMPT_DEPTH_TEXT=min(9, teacher_sizes.text_layers),
                            PROMPT_DEPTH_VISION=min(9, teacher_sizes.vision_layers)))
-    teacher = IVLPModel(teacher_opts, classnames, copy.deepcopy(teacher_clip)).eval()
-    opts = build_cfg().TRAINER.PROMPTKD
-    opts.PROMPT_DEPTH_VISION = min(9, sizes.vision_layers)
-    model = PromptKDModel(opts, copy.deepcopy(clip_model), teacher)
+    teacher = IVLPModel(teacher_cfg, classnames, copy.deepcopy(teacher_clip)).eval()
+    promptkd_cfg = build_cfg().TRAINER.PROMPTKD
+    promptkd_cfg.PROMPT_DEPTH_VISION = min(9, sizes.vision_layers)
+    model = PromptKDModel(promptkd_cfg, copy.deepcopy(clip_model), teacher)
     for name, param in model.named_parameters():
         param.requires_grad_(is_student_state(name))
     return model.to(device)

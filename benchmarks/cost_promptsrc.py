@@ -29,11 +29,11 @@ from trainers.maple import MaPLeModel
 from trainers.promptsrc import PromptSRCModel, add_weighted, fold_constant, gaussian_weights
 
 
-def promptsrc_opts(depth):
+def paper_promptsrc_cfg(depth):
     """PromptSRC's defaults (4+4 tokens; IVLP's paper config uses the same) at the given depth."""
-    opts = build_cfg().TRAINER.PROMPTSRC
-    opts.PROMPT_DEPTH_TEXT = opts.PROMPT_DEPTH_VISION = depth
-    return opts
+    promptsrc_cfg = build_cfg().TRAINER.PROMPTSRC
+    promptsrc_cfg.PROMPT_DEPTH_TEXT = promptsrc_cfg.PROMPT_DEPTH_VISION = depth
+    return promptsrc_cfg
 
 
 def build(name, clip_model, classnames, depth, device):
@@ -47,7 +47,7 @@ def build(name, clip_model, classnames, depth, device):
         trainable = lambda n: n.startswith("prompt_learner.")  # noqa: E731
     else:
         model_cls = PromptSRCModel if name == "PromptSRC" else IVLPModel
-        model = model_cls(promptsrc_opts(depth), classnames, copy.deepcopy(clip_model))
+        model = model_cls(paper_promptsrc_cfg(depth), classnames, copy.deepcopy(clip_model))
         trainable = is_ivlp_trainable
     for param_name, param in model.named_parameters():
         param.requires_grad_(trainable(param_name))

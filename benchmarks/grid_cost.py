@@ -109,12 +109,12 @@ def build_model(model_class, cfg, classnames, clip_model, teacher_clip, dpc):
 def build_promptkd(cfg, classnames, clip_model, teacher_clip):
     """The student of the config on `clip_model` with a PromptSRC-style teacher (4+4 tokens at depth 9,
     capped by its layers) on `teacher_clip`, as a trained teacher file is loaded."""
-    opts, teacher_sizes = cfg.TRAINER.PROMPTKD, tower_sizes(teacher_clip)
-    teacher_opts = opts.clone()
-    teacher_opts.PROMPT_DEPTH_TEXT = min(9, teacher_sizes.text_layers)
-    teacher_opts.PROMPT_DEPTH_VISION = min(9, teacher_sizes.vision_layers)
-    teacher = IVLPModel(teacher_opts, classnames, copy.deepcopy(teacher_clip)).eval()
-    return PromptKDModel(opts, copy.deepcopy(clip_model), teacher)
+    promptkd_cfg, teacher_sizes = cfg.TRAINER.PROMPTKD, tower_sizes(teacher_clip)
+    teacher_cfg = promptkd_cfg.clone()
+    teacher_cfg.PROMPT_DEPTH_TEXT = min(9, teacher_sizes.text_layers)
+    teacher_cfg.PROMPT_DEPTH_VISION = min(9, teacher_sizes.vision_layers)
+    teacher = IVLPModel(teacher_cfg, classnames, copy.deepcopy(teacher_clip)).eval()
+    return PromptKDModel(promptkd_cfg, copy.deepcopy(clip_model), teacher)
 
 
 class FlopCount(TorchDispatchMode):
@@ -234,8 +234,8 @@ class MethodCost:
                 teacher_logits = model.teacher.logit_scale.exp() \
                     * normalize(model.teacher.encode_image(images)) @ self.teacher_text.t()
             student_logits = model(images, self.teacher_text)
-            opts = self.cfg.TRAINER.PROMPTKD
-            return distillation_loss(student_logits, teacher_logits, opts.TEMPERATURE, opts.KD_WEIGHT)
+            promptkd_cfg = self.cfg.TRAINER.PROMPTKD
+            return distillation_loss(student_logits, teacher_logits, promptkd_cfg.TEMPERATURE, promptkd_cfg.KD_WEIGHT)
         return F.cross_entropy(model(images).float(), labels)
 
     def query_batch(self, model, images, precision):

@@ -11,13 +11,16 @@ class Registry:
     and config key aliases (official key names mapped onto ours).
     """
 
-    def __init__(self, kind):
+    def __init__(self, kind, check=None):
         self.kind = kind
+        self._check = check  # called with each class at registration; raises if it cannot be used
         self._entries = {}
         self._config_hooks = []
 
     def register(self, name, *, aliases=(), config=None):
         def add(cls):
+            if self._check is not None:
+                self._check(cls)
             for key in (name, *aliases):
                 if key in self._entries:
                     raise KeyError(f"{self.kind} '{key}' is registered twice")
@@ -52,5 +55,14 @@ class Registry:
         return name in self._entries
 
 
-TRAINERS = Registry("trainer")
+def check_trainer_class(cls):
+    """A trainer names the `TRAINER.<NODE>` holding its keys (and its `PREC`); there is no default node."""
+    node = getattr(cls, "config_node", None)
+    if not isinstance(node, str) or not node:
+        raise TypeError(f"Trainer class {cls.__module__}.{cls.__qualname__} does not set config_node: add the "
+                        "class attribute config_node = \"<NODE>\", the TRAINER.<NODE> its config hook adds (with a "
+                        "PREC key), e.g. config_node = \"COOP\" for a method that reads CoOp's keys")
+
+
+TRAINERS = Registry("trainer", check=check_trainer_class)
 DATASETS = Registry("dataset")

@@ -28,11 +28,8 @@ from engine.io import atomic_torch_save, atomic_write_json
 from engine.loader import DataManager
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.precision import resolve_precision
-from engine.registry import TRAINERS
+from engine.registry import TRAINERS, check_trainer_class
 
-# Buffers computed from the current class names; never taken from a checkpoint, which is
-# what lets a prompt trained on base classes be evaluated on new ones.
-CLASS_DEPENDENT_BUFFERS = ("token_prefix", "token_suffix", "token_midfix")
 RESUME_FILE = "resume.pth.tar"
 
 
@@ -82,25 +79,32 @@ def _set_rng_state(state):
 
 
 class TrainerBase:
-    """Base class of every registered trainer.
+    """Base class of every registered trainer (the contract: docs/engine.md, "The trainer contract").
 
-    Subclass attributes:
-        config_node: the `TRAINER.<NODE>` holding the method's keys (its `PREC` is used).
+    Required of a subclass: the class attribute `config_node`, the `TRAINER.<NODE>` holding the
+    method's keys (its `PREC` is used; there is no default, registration refuses a class without
+    it), and the methods `build_model` and `compute_loss`.
+
+    Class attributes with defaults:
         checkpoint_name: checkpoint folder name, as in the official code.
         trainable: name prefixes (in `self.model.named_parameters()`) that stay trainable.
+        class_dependent_buffers: names of the checkpoint module's buffers built from the run's class
+            names; never taken from a checkpoint, which is what lets a prompt trained on base classes
+            be evaluated on new ones. A method with other such buffers extends the tuple.
         split_protocol: `(cfg, train, val, test) -> (train_x, val, test)` after few-shot sampling
             (default: the SUBSAMPLE_CLASSES half of each); PromptKD trains on every class.
         selects_on_test: the method's val split is test data, so a `best_val` checkpoint was
             selected on a test set; results.json says so.
     """
 
-    config_node = "COOP"
     checkpoint_name = "prompt_learner"
     trainable = ("prompt_learner",)
+    class_dependent_buffers = ("token_prefix", "token_suffix")
     split_protocol = staticmethod(subsample_splits)
     selects_on_test = False
 
     def __init__(self, cfg):
+        check_trainer_class(type(self))
         self.cfg = cfg
         self.device = torch.device("cuda" if cfg.USE_CUDA and torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda":
@@ -108,6 +112,12 @@ class TrainerBase:
         self.output_dir = cfg.OUTPUT_DIR
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.batch_idx = self.num_batches = 0  # position in the current epoch (set by `_run_epoch`)
+        self.best_result = -np.inf             # best val accuracy so far (TEST.FINAL_MODEL best_val)
+        self.time_start = None                 # set when training starts
+        self.loaded_epoch = None               # epoch of the weights under test (loaded, or the last trained)
+        self.loaded_best = False               # whether those weights are a `best_val` selection
+        self._backbone = None                  # the CLIP file's fingerprint, computed when first needed
         self.precision = resolve_precision(self.prec, self.device)
         self.scaler = self.precision.grad_scaler()
 
@@ -120,6 +130,7 @@ class TrainerBase:
         self.classnames = self.dm.classnames
 
         self.model = self.build_trainer_model()
+        self.has_trainable = any(p.requires_grad for p in self.model.parameters())
         self.optim = build_optimizer(self.model.parameters(), cfg.OPTIM) if self.has_trainable else None
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM) if self.optim else None
         self.evaluator = Classification(self.lab2cname, cfg.TEST.PER_CLASS_RESULT)
@@ -129,14 +140,18 @@ class TrainerBase:
     # ------------------------------------------------------------------------------
     @property
     def prec(self):
+        if self.config_node not in self.cfg.TRAINER:
+            raise ConfigError(f"{type(self).__name__}.config_node is {self.config_node!r}, but the config has no "
+                              f"TRAINER.{self.config_node}: register the trainer with the config hook that adds it "
+                              "(TRAINERS.register(name, config=...))")
         return self.cfg.TRAINER[self.config_node].PREC
 
     def build_model(self, clip_model, classnames):
-        """Return the nn.Module (frozen CLIP + learnable parts); runs on the CPU."""
+        """Required: return the nn.Module (frozen CLIP + learnable parts); runs on the CPU."""
         raise NotImplementedError
 
     def compute_loss(self, batch):
-        """Return `(loss, logits)`; logits may be None (then no `acc` is logged)."""
+        """Required: return `(loss, logits)`; logits may be None (then no `acc` is logged)."""
         raise NotImplementedError
 
     def model_inference(self, images, text_features=None):
@@ -155,7 +170,7 @@ class TrainerBase:
     def load_checkpoint_state_dict(self, state_dict):
         """Load weights from a checkpoint, recomputing class-dependent buffers; a trainable tensor
         the checkpoint does not provide raises `CheckpointMismatch`."""
-        state_dict = {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS}
+        state_dict = {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in self.class_dependent_buffers}
         module = self.checkpoint_module()
         try:
             missing, unexpected = module.load_state_dict(state_dict, strict=False)
@@ -187,7 +202,7 @@ class TrainerBase:
     @property
     def backbone(self):
         """The CLIP this run uses, as recorded in its checkpoints (name and file SHA-256)."""
-        if getattr(self, "_backbone", None) is None:
+        if self._backbone is None:
             self._backbone = backbone_fingerprint(self.cfg.MODEL.BACKBONE.NAME)
         return self._backbone
 
@@ -224,7 +239,6 @@ class TrainerBase:
             param.requires_grad_(self.is_trainable(name))
         enabled = sorted(name for name, p in model.named_parameters() if p.requires_grad)
         print(f"Parameters to be updated: {enabled}")
-        self.has_trainable = bool(enabled)
         return model.to(self.device)
 
     # ------------------------------------------------------------------------------
@@ -238,17 +252,17 @@ class TrainerBase:
         epochs = tqdm(range(self.start_epoch, self.max_epoch), desc="train", unit="epoch", initial=self.start_epoch,
                       total=self.max_epoch, disable=None)
         for self.epoch in epochs:
-            self.run_epoch()
-            self.after_epoch()
+            self._run_epoch()
+            self._after_epoch()
         epochs.close()
-        self.after_train()
+        self._after_train()
 
     def before_train(self):
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
         self.time_start = time.time()
 
-    def run_epoch(self):
+    def _run_epoch(self):
         self.model.train()
         meters = {}
         batch_time, data_time = AverageMeter(), AverageMeter()
@@ -270,13 +284,13 @@ class TrainerBase:
                       f"{losses} lr {self.optim.param_groups[0]['lr']:.4e} eta {eta}")
             end = time.time()
 
-    def parse_batch_train(self, batch):
+    def _parse_batch_train(self, batch):
         return Batch(batch["img"].to(self.device, non_blocking=True),
                      batch["label"].to(self.device, non_blocking=True), batch["impath"])
 
     def forward_backward(self, batch):
         """One step: loss -> zero_grad -> NaN check -> backward -> SGD step (-> LR step)."""
-        batch = self.parse_batch_train(batch)
+        batch = self._parse_batch_train(batch)
         with self.precision.autocast():
             loss, logits = self.compute_loss(batch)
         self.optim.zero_grad()
@@ -296,20 +310,20 @@ class TrainerBase:
             self.sched.step()
         return summary
 
-    def after_epoch(self):
+    def _after_epoch(self):
         last_epoch = self.epoch + 1 == self.max_epoch
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
         if self.cfg.TEST.FINAL_MODEL == "best_val" and not self.cfg.TEST.NO_TEST:
             result = self.test(split="val", write_results=False)
-            if result > getattr(self, "best_result", -np.inf):
+            if result > self.best_result:
                 self.best_result = result
-                self.save_model(self.epoch, file_name="model-best.pth.tar", val_result=result)
+                self._save_model(self.epoch, file_name="model-best.pth.tar", val_result=result)
         if last_epoch or (freq > 0 and (self.epoch + 1) % freq == 0):
-            self.save_model(self.epoch)
+            self._save_model(self.epoch)
         if not last_epoch:
-            self.save_resume_state()
+            self._save_resume_state()
 
-    def after_train(self):
+    def _after_train(self):
         print("Finish training")
         resume_path = os.path.join(self.output_dir, self.checkpoint_name, RESUME_FILE)
         if os.path.exists(resume_path):
@@ -333,12 +347,12 @@ class TrainerBase:
                 "optimizer": self.optim.state_dict(), "scheduler": self.sched.state_dict(),
                 "backbone": self.backbone}
 
-    def save_model(self, epoch, file_name=None, val_result=None):
+    def _save_model(self, epoch, file_name=None, val_result=None):
         state = self._training_state(epoch)
         state["val_result"] = val_result
         save_checkpoint(state, os.path.join(self.output_dir, self.checkpoint_name), epoch + 1, file_name)
 
-    def save_resume_state(self):
+    def _save_resume_state(self):
         """After every epoch: weights, optimizer, scheduler and RNG states, so an interrupted
         run continues exactly where it stopped (the official code only saves the last epoch)."""
         state = self._training_state(self.epoch)
@@ -448,7 +462,7 @@ class TrainerBase:
                 self.evaluator.process(self.model_inference(images, text_features), labels)
         results = self.evaluator.evaluate()
         if write_results:
-            self.write_results(split, results)
+            self._write_results(split, results)
         return results["accuracy"]
 
     def cached_text_features(self):
@@ -458,22 +472,22 @@ class TrainerBase:
             return encode_text()
         return None
 
-    def selection_record(self):
+    def _selection_record(self):
         """For a `best_val` checkpoint: the epoch selected and whether val was test data."""
-        if not getattr(self, "loaded_best", False):
+        if not self.loaded_best:
             return {}
         return {"selected_epoch": self.loaded_epoch, "selected_on_test": self.selects_on_test}
 
-    def write_results(self, split, results):
+    def _write_results(self, split, results):
         cfg = self.cfg
         record = {
             "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME,
             "subsample": cfg.DATASET.SUBSAMPLE_CLASSES, "num_shots": cfg.DATASET.NUM_SHOTS,
             "num_shots_used": self.dm.dataset.shots_used,
             "seed": cfg.SEED, "backbone": cfg.MODEL.BACKBONE.NAME, "split": split,
-            "epoch": getattr(self, "loaded_epoch", None),
+            "epoch": self.loaded_epoch,
             "num_classes": self.num_classes,
-            **self.selection_record(),
+            **self._selection_record(),
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()},
             "finished_at": datetime.datetime.now().isoformat(timespec="seconds"),
         }

@@ -45,7 +45,7 @@ class MyMethodModel(PromptedCLIP):
 
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
-        opts = cfg.TRAINER.MYMETHOD
+        mymethod_cfg = cfg.TRAINER.MYMETHOD
         template = template_for(cfg.DATASET.NAME)
         tokenized = tokenize([template.format(class_text(name)) for name in classnames])
         with torch.no_grad():  # fixed features: no graph kept from the frozen text tower
@@ -53,8 +53,8 @@ class MyMethodModel(PromptedCLIP):
         features = features / features.norm(dim=-1, keepdim=True)
         # Depends on the class names, so it is rebuilt for the new classes and never saved.
         self.register_buffer("text_features", features, persistent=False)  # (n_cls, embed_dim)
-        self.adapter = MyMethodAdapter(features.shape[-1], opts.REDUCTION, self.dtype)
-        self.ratio = opts.RATIO
+        self.adapter = MyMethodAdapter(features.shape[-1], mymethod_cfg.REDUCTION, self.dtype)
+        self.ratio = mymethod_cfg.RATIO
 
     def encode_text(self):
         return (1 - self.ratio) * self.text_features + self.ratio * self.adapter(self.text_features)

@@ -25,9 +25,10 @@ def add_coop_config(cfg):
 class CoOpPromptLearner(nn.Module):
     """Learned context `ctx` plus the frozen class-name tokens around it."""
 
-    def __init__(self, opts, classnames, clip_model):
+    def __init__(self, coop_cfg, classnames, clip_model):
         super().__init__()
-        init = init_context(clip_model, opts.N_CTX, opts.CTX_INIT, n_cls=len(classnames) if opts.CSC else None)
+        init = init_context(clip_model, coop_cfg.N_CTX, coop_cfg.CTX_INIT,
+                            n_cls=len(classnames) if coop_cfg.CSC else None)
         self.ctx = nn.Parameter(init.ctx)  # (n_ctx, dim) or (n_cls, n_ctx, dim)
         self.n_ctx = init.n_ctx
         prompts = build_class_prompts(clip_model, classnames, init.prompt_prefix, init.n_ctx)
@@ -35,7 +36,7 @@ class CoOpPromptLearner(nn.Module):
         self.register_buffer("token_suffix", prompts.token_suffix)  # class name, '.', EOT, padding
         self.tokenized_prompts = prompts.tokenized                    # (n_cls, 77)
         self.name_lens = prompts.name_lens
-        self.position = opts.CLASS_TOKEN_POSITION
+        self.position = coop_cfg.CLASS_TOKEN_POSITION
 
     def forward(self, ctx=None):
         """Class prompts (n_cls, 77, dim) built around `ctx` (default: the learned one)."""
@@ -58,6 +59,7 @@ class CoOpModel(PromptedCLIP):
 class CoOp(TrainerBase):
     """Optimises only `prompt_learner.ctx`; checkpoints hold `ctx`, `token_prefix`, `token_suffix`."""
 
+    config_node = "COOP"
     trainable = ("prompt_learner.ctx",)
 
     def build_model(self, clip_model, classnames):

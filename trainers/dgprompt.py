@@ -11,7 +11,7 @@ prompts to frozen layer-l text features of the current class names) and image-gu
 prompts (IGT: a per-layer meta-net on the frozen image's layer-l CLS feature, so text prompts
 are per image; IGT False makes them instance-agnostic at MaPLe's cost). Generators start at
 zero output. A retention loss (PromptSRC-style L1 on both features plus KL on the logits,
-against frozen CLIP with the dataset template) restrains tuning. `DPC_DGPrompt` (end of file)
+against frozen CLIP with the dataset template) restrains tuning. `DPC_DGPrompt` (trainers/dpc.py)
 puts DPC on top. Deviations: README "Differences from the official code".
 """
 from dataclasses import dataclass
@@ -24,7 +24,6 @@ from yacs.config import CfgNode as CN
 from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.dpc import DPCMixin, add_dpc_config, substituted_parameters
 from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import (PromptedCLIP, assemble_prompts, build_class_prompts, class_text, eot_indices,
                                 init_context, mark_shared_prefix, run_block, tokenize)
@@ -101,27 +100,28 @@ def igt_meta_net(vision_width, text_width, hidden):
 class DGPromptLearner(nn.Module):
     """Base prompts of both towers, the two generators, and the class-name token buffers."""
 
-    def __init__(self, opts, classnames, clip_model):
+    def __init__(self, dgprompt_cfg, classnames, clip_model):
         super().__init__()
         sizes = tower_sizes(clip_model)
-        depth = opts.DEPTH
+        depth = dgprompt_cfg.DEPTH
         if not 1 <= depth <= min(sizes.text_layers, sizes.vision_layers):
             raise ConfigError(f"TRAINER.DGPROMPT.DEPTH must be between 1 and the number of layers "
                              f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
-        print(f"{NAME}: depth {depth}, {opts.N_CTX_T}+{opts.N_CTX_V} tokens, TGV {opts.TGV}, IGT {opts.IGT}")
-        init = init_context(clip_model, opts.N_CTX_T, opts.CTX_INIT, phrase_sets_length=False)
+        print(f"{NAME}: depth {depth}, {dgprompt_cfg.N_CTX_T}+{dgprompt_cfg.N_CTX_V} tokens, "
+              f"TGV {dgprompt_cfg.TGV}, IGT {dgprompt_cfg.IGT}")
+        init = init_context(clip_model, dgprompt_cfg.N_CTX_T, dgprompt_cfg.CTX_INIT, phrase_sets_length=False)
         # Base prompts C_t^l, C_v^l for l = 1..J (fp32; cast to the activation dtype at injection).
         ctx_text = torch.empty(depth, init.n_ctx, sizes.text_width)
         nn.init.normal_(ctx_text, std=0.02)
         ctx_text[0] = init.ctx.float()  # layer 1 from the phrase (or its own N(0, 0.02^2) draw)
         self.ctx_text = nn.Parameter(ctx_text)                                       # (J, M_t, text_width)
-        self.ctx_vision = nn.Parameter(torch.empty(depth, opts.N_CTX_V, sizes.vision_width))
+        self.ctx_vision = nn.Parameter(torch.empty(depth, dgprompt_cfg.N_CTX_V, sizes.vision_width))
         nn.init.normal_(self.ctx_vision, std=0.02)                                    # (J, M_v, vision_width)
-        if opts.TGV:
-            self.tgv = nn.ModuleList(DGPromptTGV(sizes.vision_width, sizes.text_width, opts.TGV_DIM)
+        if dgprompt_cfg.TGV:
+            self.tgv = nn.ModuleList(DGPromptTGV(sizes.vision_width, sizes.text_width, dgprompt_cfg.TGV_DIM)
                                      for _ in range(depth))
-        if opts.IGT:
-            self.igt = nn.ModuleList(igt_meta_net(sizes.vision_width, sizes.text_width, opts.IGT_HIDDEN)
+        if dgprompt_cfg.IGT:
+            self.igt = nn.ModuleList(igt_meta_net(sizes.vision_width, sizes.text_width, dgprompt_cfg.IGT_HIDDEN)
                                      for _ in range(depth))
 
         prompts = build_class_prompts(clip_model, classnames, init.prompt_prefix, init.n_ctx)
@@ -163,13 +163,14 @@ class DGPromptModel(PromptedCLIP):
 
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
-        opts = cfg.TRAINER.DGPROMPT
-        self.prompt_learner = DGPromptLearner(opts, classnames, clip_model)
+        dgprompt_cfg = cfg.TRAINER.DGPROMPT
+        self.prompt_learner = DGPromptLearner(dgprompt_cfg, classnames, clip_model)
         self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
-        self.depth, self.igt = opts.DEPTH, opts.IGT
-        self.truncate, self.class_chunk, self.ret_fuse = opts.TRUNCATE_TEXT, opts.CLASS_CHUNK, opts.RET_FUSE
-        self.retention_weights = (opts.TEXT_LOSS_WEIGHT, opts.IMAGE_LOSS_WEIGHT, opts.KL_WEIGHT)
+        self.depth, self.igt = dgprompt_cfg.DEPTH, dgprompt_cfg.IGT
+        self.truncate, self.class_chunk = dgprompt_cfg.TRUNCATE_TEXT, dgprompt_cfg.CLASS_CHUNK
+        self.ret_fuse = dgprompt_cfg.RET_FUSE
+        self.retention_weights = (dgprompt_cfg.TEXT_LOSS_WEIGHT, dgprompt_cfg.IMAGE_LOSS_WEIGHT, dgprompt_cfg.KL_WEIGHT)
         # Frozen context and anchors come from the dataset's hand-crafted sentence.
         template = template_for(cfg.DATASET.NAME)
         self.anchor_tokens = tokenize([template.format(class_text(name)) for name in classnames])  # (n_cls, 77)
@@ -295,21 +296,3 @@ class DGPrompt(TrainerBase):
 
     def compute_loss(self, batch):
         return self.model.loss(batch.images, batch.labels)
-
-
-@TRAINERS.register("DPC_DGPrompt", config=add_dpc_config)
-class DPC_DGPrompt(DPCMixin, DGPrompt):
-    """DGPrompt (reconstructed) + DPC: the cloned prompt is the base prompts C_t, C_v; both generators keep
-    their stage-1 weights, frozen, so they still adapt the cloned prompts to each class set and image."""
-
-    trainable = ("prompt_learner.ctx_text", "prompt_learner.ctx_vision")
-
-    @torch.no_grad()
-    def query(self, images):
-        """softmax(100·cos) under the frozen P (DPC's query); with IGT the text features are per image."""
-        if not self.model.igt:
-            return super().query(images)
-        with substituted_parameters(self.model, self.pretuned):
-            out = self.model.predict(images)
-        cosine = (out.image_features.unsqueeze(1) @ out.text_features.transpose(1, 2)).squeeze(1)  # (B, C)
-        return (100 * cosine).softmax(dim=-1)

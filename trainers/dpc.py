@@ -9,7 +9,8 @@ weighting-decoupling gives the base classes the tuned prompt and the new classes
 the backbone's P, so new-class accuracy is the backbone's.
 
 Written once as `DPCMixin`; `class DPC_CoOp(DPCMixin, CoOp)` applies it to a backbone, and
-"the prompt" is whatever that backbone trains (its `trainable` parameters). The official code
+"the prompt" is whatever that backbone trains (its `trainable` parameters). Every in-tree
+`DPC_*` trainer is registered here; the backbone files do not know DPC. The official code
 calls DPC "SPLE"; its `SPLE.*` keys are accepted. Spec: methods/dpc.md. Deviations: README.
 """
 import contextlib
@@ -31,6 +32,8 @@ from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.registry import TRAINERS
 from engine.trainer import CheckpointMismatch, checkpoint_writer
 from trainers.coop import CoOp
+from trainers.dgprompt import DGPrompt
+from trainers.dpl import DPL
 from trainers.ivlp import IVLP
 from trainers.kgcoop import KgCoOp
 from trainers.maple import MaPLe
@@ -285,21 +288,23 @@ class DPCMixin:
         return subsample == "base" or (subsample == "all" and self.all_classes_are_base())
 
     def __init__(self, cfg):
-        self.dpc_cfg = opts = cfg.TRAINER.DPC
+        self.dpc_cfg = dpc_cfg = cfg.TRAINER.DPC
         for key, choices in _CHOICES.items():
-            if opts[key] not in choices:
-                raise ConfigError(f"TRAINER.DPC.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
-        if not 0 < opts.WEIGHT_BASE <= 1 or not 0 <= opts.WEIGHT_NEW <= 1:
+            if dpc_cfg[key] not in choices:
+                raise ConfigError(f"TRAINER.DPC.{key} must be one of {', '.join(choices)}, got {dpc_cfg[key]!r}")
+        if not 0 < dpc_cfg.WEIGHT_BASE <= 1 or not 0 <= dpc_cfg.WEIGHT_NEW <= 1:
             raise ConfigError("TRAINER.DPC.WEIGHT_BASE must be in (0, 1] and WEIGHT_NEW in [0, 1]")
-        if not opts.BACKBONE_DIR:
+        if not dpc_cfg.BACKBONE_DIR:
             raise ConfigError("TRAINER.DPC.BACKBONE_DIR (SPLE.BACK_CKPT_PATH) must name the stage-1 run directory")
+        self.loaded_model_dir = None  # the run directory of a checkpoint loaded for evaluation
+        self.sampler = None           # the hard-negative sampler, built when training starts
         super().__init__(cfg)
         self.prompt_names = [name for name, p in self.model.named_parameters()
                              if p.requires_grad and self.is_dpc_prompt(name)]
         self.pretuned = self.load_pretuned_prompts()
         self.query_text_features = None
-        print(f"DPC: ω_base {opts.WEIGHT_BASE}, ω_new {opts.WEIGHT_NEW}, base prompt {opts.BASE_PROMPT}, "
-              f"parameterization {opts.PARAMETERIZATION}, prompt tensors {self.prompt_names}")
+        print(f"DPC: ω_base {dpc_cfg.WEIGHT_BASE}, ω_new {dpc_cfg.WEIGHT_NEW}, base prompt {dpc_cfg.BASE_PROMPT}, "
+              f"parameterization {dpc_cfg.PARAMETERIZATION}, prompt tensors {self.prompt_names}")
 
     # -- P from stage 1 ---------------------------------------------------------------
     def load_pretuned_prompts(self):
@@ -389,7 +394,7 @@ class DPCMixin:
         checkpoint θ exactly when it is evaluated on the dataset it was trained on (read from the
         `config.yaml` of its run directory).
         """
-        model_dir = getattr(self, "loaded_model_dir", None)
+        model_dir = self.loaded_model_dir
         if model_dir is None:
             return True
         if self.dpc_cfg.ALL_CLASSES_PROMPT == "reference":
@@ -407,22 +412,23 @@ class DPCMixin:
 
     # -- stage-2 training -------------------------------------------------------------
     def before_train(self):
-        dataset, opts = self.dm.dataset, self.dpc_cfg
-        if opts.PIC_LIB:
-            library, source = read_picture_library(opts.PIC_LIB, dataset.image_root), opts.PIC_LIB
+        dataset, dpc_cfg = self.dm.dataset, self.dpc_cfg
+        if dpc_cfg.PIC_LIB:
+            library, source = read_picture_library(dpc_cfg.PIC_LIB, dataset.image_root), dpc_cfg.PIC_LIB
         else:
-            records = dataset.train_full if opts.LIBRARY_SOURCE == "full_train" else dataset.train_x
+            records = dataset.train_full if dpc_cfg.LIBRARY_SOURCE == "full_train" else dataset.train_x
             library = {name: paths for name, (_, paths) in group_by_class(records).items()}
-            source = opts.LIBRARY_SOURCE
-            if opts.WRITE_PIC_LIB:
-                path = os.path.join(opts.WRITE_PIC_LIB, f"SPLE_{self.cfg.DATASET.NAME}.json")
+            source = dpc_cfg.LIBRARY_SOURCE
+            if dpc_cfg.WRITE_PIC_LIB:
+                path = os.path.join(dpc_cfg.WRITE_PIC_LIB, f"SPLE_{self.cfg.DATASET.NAME}.json")
                 write_picture_library(path, records, dataset.image_root)
-        topk = min(opts.TOPK, self.num_classes)
-        if topk < opts.TOPK:
+        topk = min(dpc_cfg.TOPK, self.num_classes)
+        if topk < dpc_cfg.TOPK:
             # The reference crashes in `topk` here (e.g. EuroSAT's 5 base classes).
-            print(f"TRAINER.DPC.TOPK {opts.TOPK} > {self.num_classes} classes: using top-{topk}")
+            print(f"TRAINER.DPC.TOPK {dpc_cfg.TOPK} > {self.num_classes} classes: using top-{topk}")
         self.sampler = HardNegativeSampler(library, self.classnames, self.negative_transform(), topk,
-                                           opts.STRICT_CAP, opts.FALLBACK, opts.DEDUP_ANCHORS, opts.NON_REPEAT,
+                                           dpc_cfg.STRICT_CAP, dpc_cfg.FALLBACK, dpc_cfg.DEDUP_ANCHORS,
+                                           dpc_cfg.NON_REPEAT,
                                            self.fallback_skips_last)
         n_images = sum(len(paths) for paths in self.sampler.paths)
         print(f"Picture library ({source}): {n_images} images of {len(self.sampler.paths)} base classes; "
@@ -483,6 +489,32 @@ class DPC_PromptSRC(DPCMixin, PromptSRC):
     so the new-class result at ω_new = 0 is PromptSRC's own."""
 
     aggregates_epochs = False
+
+
+@TRAINERS.register("DPC_DPL", config=add_dpc_config)
+class DPC_DPL(DPCMixin, DPL):
+    """DPL (reconstructed) + DPC: the cloned prompt is the prompt tokens (`ctx_text`, `ctx_vision`, or the
+    couplings that make the vision tokens); the gates keep their stage-1 values, frozen."""
+
+    trainable = ("prompt_learner.ctx_", "prompt_learner.couple.")
+
+
+@TRAINERS.register("DPC_DGPrompt", config=add_dpc_config)
+class DPC_DGPrompt(DPCMixin, DGPrompt):
+    """DGPrompt (reconstructed) + DPC: the cloned prompt is the base prompts C_t, C_v; both generators keep
+    their stage-1 weights, frozen, so they still adapt the cloned prompts to each class set and image."""
+
+    trainable = ("prompt_learner.ctx_text", "prompt_learner.ctx_vision")
+
+    @torch.no_grad()
+    def query(self, images):
+        """softmax(100·cos) under the frozen P (DPC's query); with IGT the text features are per image."""
+        if not self.model.igt:
+            return super().query(images)
+        with substituted_parameters(self.model, self.pretuned):
+            out = self.model.predict(images)
+        cosine = (out.image_features.unsqueeze(1) @ out.text_features.transpose(1, 2)).squeeze(1)  # (B, C)
+        return (100 * cosine).softmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ Prompts are never sequence positions, so the instance stream is CLIP's own and a
 zero-shot CLIP. Text prompts are language-conditioned (LCTP): at each prompted layer they
 first read their class's hand-crafted sentence, then the sentence reads them. MIX=exact
 uses joint attention's own weight instead of alpha (equal to ordinary attention over
-[prompts; tokens]). Loss: cross-entropy only. `DPC_DPL` (end of file) puts DPC on top.
+[prompts; tokens]). Loss: cross-entropy only. `DPC_DPL` (trainers/dpc.py) puts DPC on top.
 Deviations: README "Differences from the official code".
 """
 import torch
@@ -22,7 +22,6 @@ from yacs.config import CfgNode as CN
 from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.dpc import DPCMixin, add_dpc_config
 from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedCLIP, class_text, eot_indices, run_block, tokenize
 from trainers.templates import template_for
@@ -136,46 +135,46 @@ def dpl_block(block, x, prompts, alpha=None, attn_mask=None, eot=None):
 class DPLPromptLearner(nn.Module):
     """Per-layer prompts E^l of both towers and the per-layer, per-head gates beta."""
 
-    def __init__(self, opts, clip_model):
+    def __init__(self, dpl_cfg, clip_model):
         super().__init__()
         for key, choices in _CHOICES.items():
-            if opts[key] not in choices:
-                raise ConfigError(f"TRAINER.DPL.{key} must be one of {', '.join(choices)}, got {opts[key]!r}")
+            if dpl_cfg[key] not in choices:
+                raise ConfigError(f"TRAINER.DPL.{key} must be one of {', '.join(choices)}, got {dpl_cfg[key]!r}")
         sizes = tower_sizes(clip_model)
-        self.vision = opts.BRANCH in ("both", "vision")
-        self.text = opts.BRANCH in ("both", "text")
-        self.exact = opts.MIX == "exact"
-        self.alpha_max = opts.ALPHA_MAX
+        self.vision = dpl_cfg.BRANCH in ("both", "vision")
+        self.text = dpl_cfg.BRANCH in ("both", "text")
+        self.exact = dpl_cfg.MIX == "exact"
+        self.alpha_max = dpl_cfg.ALPHA_MAX
         if self.vision:
-            check_depth("DEPTH_V", opts.DEPTH_V, sizes.vision_layers)
+            check_depth("DEPTH_V", dpl_cfg.DEPTH_V, sizes.vision_layers)
         if self.text:
-            check_depth("DEPTH_T", opts.DEPTH_T, sizes.text_layers)
+            check_depth("DEPTH_T", dpl_cfg.DEPTH_T, sizes.text_layers)
         if not self.exact:
-            check_alpha(opts)
-        if opts.COUPLE == "linear" and (opts.BRANCH != "both" or opts.N_CTX_V != opts.N_CTX_T
-                                        or opts.DEPTH_V > opts.DEPTH_T):
+            check_alpha(dpl_cfg)
+        if dpl_cfg.COUPLE == "linear" and (dpl_cfg.BRANCH != "both" or dpl_cfg.N_CTX_V != dpl_cfg.N_CTX_T
+                                        or dpl_cfg.DEPTH_V > dpl_cfg.DEPTH_T):
             raise ConfigError("TRAINER.DPL.COUPLE linear needs BRANCH both, N_CTX_V == N_CTX_T and DEPTH_V <= DEPTH_T")
-        print(f"{NAME}: branch {opts.BRANCH}, mix {opts.MIX}, LCTP {opts.LCTP}, couple {opts.COUPLE}")
+        print(f"{NAME}: branch {dpl_cfg.BRANCH}, mix {dpl_cfg.MIX}, LCTP {dpl_cfg.LCTP}, couple {dpl_cfg.COUPLE}")
 
         # Prompts are fp32 in every precision and cast to the activation dtype where they are used.
         if self.text:
-            self.ctx_text = nn.Parameter(torch.empty(opts.DEPTH_T, opts.N_CTX_T, sizes.text_width))
+            self.ctx_text = nn.Parameter(torch.empty(dpl_cfg.DEPTH_T, dpl_cfg.N_CTX_T, sizes.text_width))
             nn.init.normal_(self.ctx_text, std=0.02)                      # (J_t, M_t, text_width)
-        if self.vision and opts.COUPLE == "linear":
-            self.couple = nn.ModuleList(nn.Linear(sizes.text_width, sizes.vision_width) for _ in range(opts.DEPTH_V))
+        if self.vision and dpl_cfg.COUPLE == "linear":
+            self.couple = nn.ModuleList(nn.Linear(sizes.text_width, sizes.vision_width) for _ in range(dpl_cfg.DEPTH_V))
         elif self.vision:
-            self.ctx_vision = nn.Parameter(torch.empty(opts.DEPTH_V, opts.N_CTX_V, sizes.vision_width))
+            self.ctx_vision = nn.Parameter(torch.empty(dpl_cfg.DEPTH_V, dpl_cfg.N_CTX_V, sizes.vision_width))
             nn.init.normal_(self.ctx_vision, std=0.02)                    # (J_v, M_v, vision_width)
         if not self.exact:
             heads = {"vision": clip_model.visual.transformer.resblocks[0].attn.num_heads,
                      "text": clip_model.transformer.resblocks[0].attn.num_heads}
-            depths = {"vision": opts.DEPTH_V, "text": opts.DEPTH_T}
+            depths = {"vision": dpl_cfg.DEPTH_V, "text": dpl_cfg.DEPTH_T}
             # alpha = ALPHA_MAX * sigmoid(beta): beta_init = logit(ALPHA_INIT / ALPHA_MAX) (-1.3863 for 0.1 / 0.5).
-            beta = torch.logit(torch.tensor(opts.ALPHA_INIT / opts.ALPHA_MAX)).item()  # -inf at alpha 0
+            beta = torch.logit(torch.tensor(dpl_cfg.ALPHA_INIT / dpl_cfg.ALPHA_MAX)).item()  # -inf at alpha 0
             for tower in ("vision", "text"):
                 if getattr(self, tower):
                     value = torch.full((depths[tower], heads[tower]), beta)  # (J, heads)
-                    if opts.ALPHA_LEARN:
+                    if dpl_cfg.ALPHA_LEARN:
                         setattr(self, f"beta_{tower}", nn.Parameter(value))
                     else:  # a fixed gate is a function of the config, not a checkpoint entry
                         self.register_buffer(f"beta_{tower}", value, persistent=False)
@@ -196,11 +195,11 @@ def check_depth(key, depth, layers):
         raise ConfigError(f"TRAINER.DPL.{key} must be between 1 and the tower's {layers} layers, got {depth}")
 
 
-def check_alpha(opts):
-    if not 0 <= opts.ALPHA_INIT <= opts.ALPHA_MAX or opts.ALPHA_MAX <= 0:
+def check_alpha(dpl_cfg):
+    if not 0 <= dpl_cfg.ALPHA_INIT <= dpl_cfg.ALPHA_MAX or dpl_cfg.ALPHA_MAX <= 0:
         raise ConfigError(f"TRAINER.DPL needs 0 <= ALPHA_INIT <= ALPHA_MAX and ALPHA_MAX > 0, got "
-                         f"{opts.ALPHA_INIT} and {opts.ALPHA_MAX}")
-    if opts.ALPHA_LEARN and opts.ALPHA_INIT in (0, opts.ALPHA_MAX):
+                         f"{dpl_cfg.ALPHA_INIT} and {dpl_cfg.ALPHA_MAX}")
+    if dpl_cfg.ALPHA_LEARN and dpl_cfg.ALPHA_INIT in (0, dpl_cfg.ALPHA_MAX):
         raise ConfigError("TRAINER.DPL.ALPHA_INIT at 0 or ALPHA_MAX saturates the gate (no gradient): "
                          "set ALPHA_LEARN False to keep it fixed there")
 
@@ -219,12 +218,12 @@ class DPLModel(PromptedCLIP):
 
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
-        opts = cfg.TRAINER.DPL
-        self.prompt_learner = DPLPromptLearner(opts, clip_model)
+        dpl_cfg = cfg.TRAINER.DPL
+        self.prompt_learner = DPLPromptLearner(dpl_cfg, clip_model)
         self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         self.frozen_image_encoder = not self.prompt_learner.vision
-        self.lctp = opts.LCTP
+        self.lctp = dpl_cfg.LCTP
         # LCTP keeps CLIP's zero-shot input: the dataset's hand-crafted sentence per class.
         template = template_for(cfg.DATASET.NAME)
         self.tokenized_prompts = tokenize([template.format(class_text(name)) for name in classnames])  # (n_cls, 77)
@@ -266,11 +265,3 @@ class DPL(TrainerBase):
     def compute_loss(self, batch):
         logits = self.model(batch.images)
         return F.cross_entropy(logits.float(), batch.labels), logits
-
-
-@TRAINERS.register("DPC_DPL", config=add_dpc_config)
-class DPC_DPL(DPCMixin, DPL):
-    """DPL (reconstructed) + DPC: the cloned prompt is the prompt tokens (`ctx_text`, `ctx_vision`, or the
-    couplings that make the vision tokens); the gates keep their stage-1 values, frozen."""
-
-    trainable = ("prompt_learner.ctx_", "prompt_learner.couple.")

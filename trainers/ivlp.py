@@ -99,31 +99,32 @@ class IVLPModel(PromptedCLIP):
     """Frozen CLIP whose towers each carry their own deep prompts.
 
     Args:
-        opts: a config node with the IVLP keys (N_CTX_TEXT, N_CTX_VISION, CTX_INIT,
+        ivlp_cfg: a config node with the IVLP keys (N_CTX_TEXT, N_CTX_VISION, CTX_INIT,
             PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION); PromptSRC and PromptKD pass their own nodes.
     """
 
     frozen_image_encoder = False
 
-    def __init__(self, opts, classnames, clip_model):
+    def __init__(self, ivlp_cfg, classnames, clip_model):
         super().__init__(clip_model)
         sizes = tower_sizes(clip_model)
-        if opts.PROMPT_DEPTH_TEXT < 1:
+        if ivlp_cfg.PROMPT_DEPTH_TEXT < 1:
             raise ConfigError(f"PROMPT_DEPTH_TEXT must be >= 1 (1 = the first layer's context only), "
-                             f"got {opts.PROMPT_DEPTH_TEXT}")
-        if opts.PROMPT_DEPTH_VISION < 0:
-            raise ConfigError(f"PROMPT_DEPTH_VISION must be >= 0 (0 = no vision prompt), got {opts.PROMPT_DEPTH_VISION}")
+                             f"got {ivlp_cfg.PROMPT_DEPTH_TEXT}")
+        if ivlp_cfg.PROMPT_DEPTH_VISION < 0:
+            raise ConfigError(f"PROMPT_DEPTH_VISION must be >= 0 (0 = no vision prompt), "
+                              f"got {ivlp_cfg.PROMPT_DEPTH_VISION}")
         print("Independent V-L design")
         self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         # Reference RNG order, as far as a plain CLIP build allows: the vision prompts (first, then per
         # block), the text prompts per block, then a random context fill. The reference draws the
         # block prompts while building CLIP, interleaved with CLIP's own init (README "Differences").
-        self.n_ctx_vision = add_vision_prompts(self.image_encoder, opts.N_CTX_VISION, opts.PROMPT_DEPTH_VISION)
-        add_deep_prompts(self.text_encoder.transformer.resblocks, opts.PROMPT_DEPTH_TEXT, opts.N_CTX_TEXT,
+        self.n_ctx_vision = add_vision_prompts(self.image_encoder, ivlp_cfg.N_CTX_VISION, ivlp_cfg.PROMPT_DEPTH_VISION)
+        add_deep_prompts(self.text_encoder.transformer.resblocks, ivlp_cfg.PROMPT_DEPTH_TEXT, ivlp_cfg.N_CTX_TEXT,
                          sizes.text_width)
-        self.prompt_learner = IVLPPromptLearner(opts.N_CTX_TEXT, opts.CTX_INIT, classnames, clip_model)
-        print(f"Number of context words (tokens) for Language prompting: {opts.N_CTX_TEXT}")
+        self.prompt_learner = IVLPPromptLearner(ivlp_cfg.N_CTX_TEXT, ivlp_cfg.CTX_INIT, classnames, clip_model)
+        print(f"Number of context words (tokens) for Language prompting: {ivlp_cfg.N_CTX_TEXT}")
         print(f"Number of context words (tokens) for Vision prompting: {self.n_ctx_vision}")
 
     def encode_text(self):

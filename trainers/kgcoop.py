@@ -64,8 +64,8 @@ def handcrafted_text_features(clip_model, classnames, template, device):
 class KgCoOpPromptLearner(CoOpPromptLearner):
     """CoOp's prompt learner, always assembled in `end` order."""
 
-    def __init__(self, opts, classnames, clip_model):
-        super().__init__(opts, classnames, clip_model)
+    def __init__(self, coop_cfg, classnames, clip_model):
+        super().__init__(coop_cfg, classnames, clip_model)
         self.position = "end"  # Reference behaviour: CLASS_TOKEN_POSITION is read but ignored
 
 
@@ -99,6 +99,7 @@ class KgCoOpModel(PromptedCLIP):
 class KgCoOp(TrainerBase):
     """Optimises `prompt_learner.ctx` with CE + W * knowledge score; checkpoints as CoOp's."""
 
+    config_node = "COOP"  # KgCoOp's keys extend CoOp's node, as in the official code
     trainable = ("prompt_learner.ctx",)
 
     def build_model(self, clip_model, classnames):
@@ -107,11 +108,11 @@ class KgCoOp(TrainerBase):
         return KgCoOpModel(self.cfg, classnames, clip_model, self.device)
 
     def compute_loss(self, batch):
-        opts = self.cfg.TRAINER.COOP
+        coop_cfg = self.cfg.TRAINER.COOP
         text_features = self.model.encode_text()  # all classes of the split, every step
         logits = self.model(batch.images, text_features=text_features)
-        score = self.model.knowledge_score(text_features, opts.KG_LOSS)
-        return F.cross_entropy(logits, batch.labels) + opts.W * score, logits
+        score = self.model.knowledge_score(text_features, coop_cfg.KG_LOSS)
+        return F.cross_entropy(logits, batch.labels) + coop_cfg.W * score, logits
 
     def load_checkpoint_state_dict(self, state_dict):
         # Official files also hold the unused `bias_vectors` and `meta_net.*`.

@@ -32,10 +32,10 @@ def add_maple_config(cfg):
 class MaPLePromptLearner(nn.Module):
     """Language prompts per layer and the linear couplings that make the vision prompts."""
 
-    def __init__(self, opts, classnames, clip_model):
+    def __init__(self, maple_cfg, classnames, clip_model):
         super().__init__()
         sizes = tower_sizes(clip_model)
-        depth = opts.PROMPT_DEPTH
+        depth = maple_cfg.PROMPT_DEPTH
         if not 1 <= depth <= min(sizes.text_layers, sizes.vision_layers):
             raise ConfigError(f"TRAINER.MAPLE.PROMPT_DEPTH must be between 1 and the number of layers "
                              f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
@@ -43,7 +43,7 @@ class MaPLePromptLearner(nn.Module):
         print("MaPLe design: Multi-modal Prompt Learning")
         # Reference RNG order: [random ctx fill], proj, deep text prompts in index
         # order, then one projection layer that is deep-copied (drawn even when depth is 1).
-        init = init_context(clip_model, opts.N_CTX, opts.CTX_INIT, phrase_sets_length=False)
+        init = init_context(clip_model, maple_cfg.N_CTX, maple_cfg.CTX_INIT, phrase_sets_length=False)
         # Reference behaviour: `proj` is drawn in fp32 and cast (`.half()` there; the model dtype
         # here, so fp32 and bf16 runs work); the deep tensors stay fp32 in every precision.
         self.proj = nn.Linear(sizes.text_width, sizes.vision_width).type(dtype)

@@ -86,9 +86,9 @@ def check_modal(cfg):
 
 def teacher_checkpoint_path(cfg):
     """TEACHER_CKPT (a file, or a run directory holding VLPromptLearner/), else the official layout."""
-    opts = cfg.TRAINER.PROMPTKD
-    if opts.TEACHER_CKPT:
-        path = os.path.expanduser(opts.TEACHER_CKPT)
+    promptkd_cfg = cfg.TRAINER.PROMPTKD
+    if promptkd_cfg.TEACHER_CKPT:
+        path = os.path.expanduser(promptkd_cfg.TEACHER_CKPT)
         folder = os.path.join(path, TEACHER_FOLDER)
         if os.path.isdir(folder):
             best = os.path.join(folder, "model-best.pth.tar")
@@ -97,7 +97,7 @@ def teacher_checkpoint_path(cfg):
                 return best
             return os.path.join(folder, f"{CHECKPOINT_PREFIX}{epochs[-1]}")
         return path
-    root = os.path.expanduser(opts.TEACHER_ROOT)
+    root = os.path.expanduser(promptkd_cfg.TEACHER_ROOT)
     if cfg.TRAINER.MODAL == "cross":
         return os.path.join(root, "ImageNet-xd", "VLPromptLearner_large", f"{CHECKPOINT_PREFIX}20")
     return os.path.join(root, cfg.DATASET.NAME, TEACHER_FOLDER, "model-best.pth.tar")
@@ -120,7 +120,7 @@ def _block_indices(state_dict, tower):
     return sorted(int(m.group(1)) for key in state_dict if (m := pattern.match(key)))
 
 
-def teacher_design(state_dict, opts):
+def teacher_design(state_dict, promptkd_cfg):
     """The teacher's IVLP options read from its checkpoint keys (the reference hard-codes 9/9/4/4).
 
     Returns (options node, expected prompt keys)."""
@@ -130,7 +130,7 @@ def teacher_design(state_dict, opts):
     elif text_blocks:
         n_ctx_text = state_dict[f"text_encoder.transformer.resblocks.{text_blocks[0]}.VPT_shallow"].shape[0]
     else:
-        n_ctx_text = opts.N_CTX_TEXT
+        n_ctx_text = promptkd_cfg.N_CTX_TEXT
     if "image_encoder.VPT" in state_dict:
         n_ctx_vision = state_dict["image_encoder.VPT"].shape[0]
     elif vision_blocks:
@@ -139,7 +139,7 @@ def teacher_design(state_dict, opts):
         n_ctx_vision = 0
     depth_text = 1 + max(text_blocks, default=0)
     depth_vision = 1 + max(vision_blocks, default=0) if n_ctx_vision else 0
-    design = CN(dict(N_CTX_TEXT=n_ctx_text, N_CTX_VISION=max(n_ctx_vision, 1), CTX_INIT=opts.CTX_INIT,
+    design = CN(dict(N_CTX_TEXT=n_ctx_text, N_CTX_VISION=max(n_ctx_vision, 1), CTX_INIT=promptkd_cfg.CTX_INIT,
                      PROMPT_DEPTH_TEXT=depth_text, PROMPT_DEPTH_VISION=depth_vision))
     expected = ["prompt_learner.ctx"]
     expected += [f"text_encoder.transformer.resblocks.{k}.VPT_shallow" for k in range(1, depth_text)]
@@ -155,22 +155,22 @@ def load_teacher(cfg, classnames, precision):
     Every tensor of the file is loaded (official whole-model files carry the teacher's frozen weights
     too), except the class-dependent token buffers and PromptSRC's zero-shot image encoder.
     """
-    opts = cfg.TRAINER.PROMPTKD
+    promptkd_cfg = cfg.TRAINER.PROMPTKD
     path = teacher_checkpoint_path(cfg)
     if not os.path.isfile(path):
         raise missing_teacher_error(path, cfg)
     state_dict = {k: v for k, v in load_checkpoint(path)["state_dict"].items()
                   if not k.startswith(("prompt_learner.token_", "prompt_learner.ZS_image_encoder."))}
     aggregation = state_dict.pop(GPA_KEY, None)  # our PromptSRC files: the GPA setting, no frozen weights
-    design, expected = teacher_design(state_dict, opts)
-    print(f"CLIP Teacher name is {opts.TEACHER_NAME}")
+    design, expected = teacher_design(state_dict, promptkd_cfg)
+    print(f"CLIP Teacher name is {promptkd_cfg.TEACHER_NAME}")
     print(f'Teacher checkpoint "{path}": text prompts {design.N_CTX_TEXT} tokens, depth {design.PROMPT_DEPTH_TEXT}; '
           f"vision prompts {design.N_CTX_VISION if design.PROMPT_DEPTH_VISION else 0} tokens, depth "
           f"{design.PROMPT_DEPTH_VISION}")
-    teacher_clip = precision.prepare_clip(load_clip_to_cpu(opts.TEACHER_NAME))
+    teacher_clip = precision.prepare_clip(load_clip_to_cpu(promptkd_cfg.TEACHER_NAME))
     if tuple(cfg.INPUT.SIZE) != (teacher_clip.visual.input_resolution,) * 2:
         raise ConfigError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the teacher CLIP "
-                         f"{opts.TEACHER_NAME} input resolution {teacher_clip.visual.input_resolution}")
+                         f"{promptkd_cfg.TEACHER_NAME} input resolution {teacher_clip.visual.input_resolution}")
     teacher = IVLPModel(design, classnames, teacher_clip)
     missing = [k for k in expected if k not in state_dict]
     if missing:
@@ -180,12 +180,14 @@ def load_teacher(cfg, classnames, precision):
     try:
         _, unexpected = teacher.load_state_dict(state_dict, strict=False)
     except RuntimeError as err:
-        raise CheckpointError(f"The teacher checkpoint {path} does not fit the teacher CLIP {opts.TEACHER_NAME} "
-                           f"({err}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP it was trained on") from err
+        raise CheckpointError(f"The teacher checkpoint {path} does not fit the teacher CLIP "
+                           f"{promptkd_cfg.TEACHER_NAME} ({err}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP "
+                           "it was trained on") from err
     foreign = [k for k in unexpected if k.startswith(("image_encoder.", "text_encoder."))]
     if foreign:
-        raise CheckpointError(f"The teacher checkpoint {path} has tensors the teacher CLIP {opts.TEACHER_NAME} lacks "
-                       f"({foreign[:4]}); set TRAINER.PROMPTKD.TEACHER_NAME to the CLIP it was trained on")
+        raise CheckpointError(f"The teacher checkpoint {path} has tensors the teacher CLIP "
+                       f"{promptkd_cfg.TEACHER_NAME} lacks ({foreign[:4]}); set TRAINER.PROMPTKD.TEACHER_NAME to "
+                       "the CLIP it was trained on")
     if unexpected:
         print(f"Teacher checkpoint entries not used by the teacher: {unexpected}")
     if aggregation is not None:
@@ -235,15 +237,17 @@ class PromptKDModel(nn.Module):
     class vectors (default: the teacher's text features, computed now).
     """
 
-    def __init__(self, opts, clip_model, teacher):
+    def __init__(self, promptkd_cfg, clip_model, teacher):
         super().__init__()
-        if opts.PROMPT_DEPTH_TEXT < 1:
-            raise ConfigError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_TEXT must be >= 1, got {opts.PROMPT_DEPTH_TEXT}")
-        if opts.PROMPT_DEPTH_VISION < 0:
-            raise ConfigError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_VISION must be >= 0, got {opts.PROMPT_DEPTH_VISION}")
+        if promptkd_cfg.PROMPT_DEPTH_TEXT < 1:
+            raise ConfigError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_TEXT must be >= 1, got {promptkd_cfg.PROMPT_DEPTH_TEXT}")
+        if promptkd_cfg.PROMPT_DEPTH_VISION < 0:
+            raise ConfigError(f"TRAINER.PROMPTKD.PROMPT_DEPTH_VISION must be >= 0, "
+                              f"got {promptkd_cfg.PROMPT_DEPTH_VISION}")
         self.teacher = teacher
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
-        self.n_ctx_vision = add_vision_prompts(self.image_encoder, opts.N_CTX_VISION, opts.PROMPT_DEPTH_VISION)
+        self.n_ctx_vision = add_vision_prompts(self.image_encoder, promptkd_cfg.N_CTX_VISION,
+                                               promptkd_cfg.PROMPT_DEPTH_VISION)
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
         # Reference behaviour: 512 -> 768 hard-coded (ViT-B/16 -> ViT-L/14 embeddings); read from the models here.
@@ -298,10 +302,11 @@ class PromptKD(TrainerBase):
 
     def __init__(self, cfg):
         check_modal(cfg)
-        opts = cfg.TRAINER.PROMPTKD
+        promptkd_cfg = cfg.TRAINER.PROMPTKD
         for key, default in (("PROJECT_LAYER", 2), ("CE_WEIGHT", 0.0)):
-            if opts[key] != default:
-                print(f"Warning: TRAINER.PROMPTKD.{key} {opts[key]} is ignored (the official PromptKD never reads it)")
+            if promptkd_cfg[key] != default:
+                print(f"Warning: TRAINER.PROMPTKD.{key} {promptkd_cfg[key]} is ignored "
+                      "(the official PromptKD never reads it)")
         self.teacher_text = None  # normalised teacher class vectors, computed once
         self.eval_classes = slice(None)
         super().__init__(cfg)
@@ -328,11 +333,11 @@ class PromptKD(TrainerBase):
         return teacher.logit_scale.exp() * normalize(teacher.encode_image(images)) @ text_features.t()
 
     def compute_loss(self, batch):
-        opts = self.cfg.TRAINER.PROMPTKD
+        promptkd_cfg = self.cfg.TRAINER.PROMPTKD
         text_features = self.teacher_text_features()
         teacher_logits = self.teacher_logits(batch.images, text_features)
         student_logits = self.model(batch.images, text_features)
-        return distillation_loss(student_logits, teacher_logits, opts.TEMPERATURE, opts.KD_WEIGHT), None
+        return distillation_loss(student_logits, teacher_logits, promptkd_cfg.TEMPERATURE, promptkd_cfg.KD_WEIGHT), None
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluation_split(self):

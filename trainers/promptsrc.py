@@ -26,7 +26,7 @@ from yacs.config import CfgNode as CN
 
 from engine.registry import TRAINERS
 from engine.errors import ConfigError
-from engine.trainer import CLASS_DEPENDENT_BUFFERS, CheckpointMismatch
+from engine.trainer import CheckpointMismatch
 from trainers.ivlp import IVLP, IVLPModel, is_ivlp_trainable
 from trainers.prompting import class_text, tokenize
 from trainers.templates import PROMPTSRC_TEMPLATES
@@ -103,17 +103,17 @@ class PromptSRCModel(IVLPModel):
     """IVLP plus the frozen zero-shot references of the self-regulating losses.
 
     Args:
-        opts: a config node with the IVLP keys (PromptSRC's own, or PromptKD's teacher settings).
+        promptsrc_cfg: a config node with the IVLP keys (PromptSRC's own, or PromptKD's teacher settings).
     """
 
-    def __init__(self, opts, classnames, clip_model):
-        super().__init__(opts, classnames, clip_model)
+    def __init__(self, promptsrc_cfg, classnames, clip_model):
+        super().__init__(promptsrc_cfg, classnames, clip_model)
         self.classnames = list(classnames)
         # Kept out of the module tree (no state-dict key, stays on the CPU): only the zero-shot
         # text targets need the token table.
         object.__setattr__(self, "token_embedding", clip_model.token_embedding)
-        self.text_loss_weight = opts.TEXT_LOSS_WEIGHT
-        self.image_loss_weight = opts.IMAGE_LOSS_WEIGHT
+        self.text_loss_weight = promptsrc_cfg.TEXT_LOSS_WEIGHT
+        self.image_loss_weight = promptsrc_cfg.IMAGE_LOSS_WEIGHT
         self.fixed_embeddings = None  # zero-shot text targets (n_cls, embed_dim), built at the first loss
 
     def zero_shot_image_features(self, images):
@@ -177,22 +177,22 @@ class PromptSRC(IVLP):
     aggregates_epochs = True  # DPC's stage 2 (trainers/dpc.py) trains a PromptSRC model without GPA
 
     def build_model(self, clip_model, classnames):
-        opts, max_epoch = self.cfg.TRAINER.PROMPTSRC, self.cfg.OPTIM.MAX_EPOCH
-        self.aggregation = Aggregation(float(opts.GPA_MEAN), float(opts.GPA_STD), max_epoch,
-                                       bool(opts.GPA_TRAINABLE_ONLY))
-        if opts.GPA_STD <= 0:
-            raise ConfigError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0, got {opts.GPA_STD}")
-        if self.aggregates_epochs and not 1 <= opts.GPA_MEAN <= max_epoch:
+        promptsrc_cfg, max_epoch = self.cfg.TRAINER.PROMPTSRC, self.cfg.OPTIM.MAX_EPOCH
+        self.aggregation = Aggregation(float(promptsrc_cfg.GPA_MEAN), float(promptsrc_cfg.GPA_STD), max_epoch,
+                                       bool(promptsrc_cfg.GPA_TRAINABLE_ONLY))
+        if promptsrc_cfg.GPA_STD <= 0:
+            raise ConfigError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0, got {promptsrc_cfg.GPA_STD}")
+        if self.aggregates_epochs and not 1 <= promptsrc_cfg.GPA_MEAN <= max_epoch:
             # Reference behaviour: the weights are normalised over 1..MAX_EPOCH whatever the mean.
-            print(f"Warning: TRAINER.PROMPTSRC.GPA_MEAN {opts.GPA_MEAN} lies outside the epochs 1..{max_epoch}: "
-                  "nearly all of the aggregation weight goes to the nearest end epoch (move GPA_MEAN with "
-                  "OPTIM.MAX_EPOCH)")
+            print(f"Warning: TRAINER.PROMPTSRC.GPA_MEAN {promptsrc_cfg.GPA_MEAN} lies outside the epochs "
+                  f"1..{max_epoch}: nearly all of the aggregation weight goes to the nearest end epoch (move "
+                  "GPA_MEAN with OPTIM.MAX_EPOCH)")
         self.gpa_weights = self.aggregation.weights()
         self.gpa_accumulator = {}   # Σ_e w_e·prompts_e over the epochs done
         self.gpa_epochs = 0         # epochs in the accumulator
         self.gpa_record = None      # the Aggregation the current weights come from (None: not aggregated)
         self.pristine_frozen = None  # CPU copy of the frozen tensors, kept before they are first changed
-        return PromptSRCModel(opts, classnames, clip_model)
+        return PromptSRCModel(promptsrc_cfg, classnames, clip_model)
 
     def build_trainer_model(self):
         model = super().build_trainer_model()
@@ -235,7 +235,7 @@ class PromptSRC(IVLP):
         """The floating-point state tensors GPA folds besides the prompts (frozen weights, buffers)."""
         return {k: v for k, v in self.model.state_dict().items()
                 if v.is_floating_point() and not is_ivlp_trainable(k)
-                and (class_buffers or k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS)}
+                and (class_buffers or k.rsplit(".", 1)[-1] not in self.class_dependent_buffers)}
 
     def save_pristine_frozen(self):
         """Keep a CPU copy of the frozen tensors before they first change (later folds start from it)."""
@@ -276,7 +276,7 @@ class PromptSRC(IVLP):
         ours = self.frozen_tensors(class_buffers=False)
         frozen = {k: v for k, v in state_dict.items() if k in ours}
         unknown = [k for k in state_dict if not is_ivlp_trainable(k) and k not in ours
-                   and k.rsplit(".", 1)[-1] not in CLASS_DEPENDENT_BUFFERS]
+                   and k.rsplit(".", 1)[-1] not in self.class_dependent_buffers]
         if unknown:
             print(f"Warning: checkpoint keys not in this model, ignored: {unknown[:4]}")
         if frozen:

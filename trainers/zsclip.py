@@ -38,6 +38,7 @@ class ZeroshotCLIPModel(PromptedCLIP):
 class ZeroshotCLIP(TrainerBase):
     """Evaluation-only trainer; nothing is trainable or saved."""
 
+    config_node = "COOP"  # run with a CoOp config: its PREC applies
     trainable = ()
 
     def build_model(self, clip_model, classnames):

@@ -40,12 +40,12 @@ from trainers.coop import CoOp
 
 @TRAINERS.register("CrashOnceCoOp")
 class CrashOnceCoOp(CoOp):
-    def run_epoch(self):
+    def _run_epoch(self):
         marker = os.path.join(self.output_dir, "crashed-once")
         if self.epoch == 1 and not os.path.exists(marker):
             open(marker, "w").close()
             os._exit(137)  # no exception handling, no cleanup: as after SIGKILL
-        super().run_epoch()
+        super()._run_epoch()
 '''
 
 

@@ -100,18 +100,18 @@ def test_interrupted_run_resumes_exactly(data_root, tiny_clip_path, tiny_opts, t
     run(data_root, tiny_clip_path, tiny_opts, uninterrupted, opts=["OPTIM.MAX_EPOCH", "3"])
 
     interrupted = tmp_path / "crashed"
-    original = TrainerBase.run_epoch
+    original = TrainerBase._run_epoch
 
     def crash_in_second_epoch(self):
         if self.epoch == 1:
             raise KeyboardInterrupt("simulated kill")
         original(self)
 
-    monkeypatch.setattr(TrainerBase, "run_epoch", crash_in_second_epoch)
+    monkeypatch.setattr(TrainerBase, "_run_epoch", crash_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         run(data_root, tiny_clip_path, tiny_opts, interrupted, opts=["OPTIM.MAX_EPOCH", "3"])
     assert (interrupted / "prompt_learner" / "resume.pth.tar").exists()
-    monkeypatch.setattr(TrainerBase, "run_epoch", original)
+    monkeypatch.setattr(TrainerBase, "_run_epoch", original)
     run(data_root, tiny_clip_path, tiny_opts, interrupted, opts=["OPTIM.MAX_EPOCH", "3"])
 
     assert "Previous epoch: 1" in open(glob.glob(str(interrupted / "log.txt-*"))[0]).read()

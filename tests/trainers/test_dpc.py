@@ -3,6 +3,8 @@ import json
 import math
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,10 +17,11 @@ import trainers  # noqa: F401  (registers DPC and its SPLE.* aliases)
 from engine.checkpoint import load_checkpoint
 from engine.config import build_cfg, merge_from_file, merge_from_list, setup_cfg
 from engine.errors import CheckpointError
+from engine.registry import TRAINERS
 from engine.trainer import build_trainer, set_random_seed
 from tests.helpers.tiny_clip import make_tiny_clip
 from train import build_parser
-from trainers.dpc import (HardNegativeSampler, contrastive_loss, negatives_for_anchor, read_picture_library,
+from trainers.dpc import (DPCMixin, HardNegativeSampler, contrastive_loss, negatives_for_anchor, read_picture_library,
                           substituted_parameters, write_picture_library)
 
 
@@ -370,7 +373,7 @@ def test_all_classes_prompt_follows_the_released_load_rule_or_the_source(make_dp
     prompt = lambda trainer: trainer.inference_prompts()["prompt_learner.ctx"]  # noqa: E731
     run = tmp_path / "stage2_run"  # θ, saved as a stage-2 run on Caltech101 saves it
     trained.output_dir = str(run)
-    trained.save_model(0)
+    trained._save_model(0)
     (run / "config.yaml").write_text(trained.cfg.dump())
     assert torch.equal(prompt(trained), theta)
     assert torch.equal(prompt(with_dataset_name(trained, "ImageNet")), theta)
@@ -401,7 +404,7 @@ def test_one_step_trains_only_the_prompt_on_the_enlarged_batch(make_dpc):
     trainer = make_dpc("TRAINER.DPC.WRITE_PIC_LIB", "")
     trainer.before_train()
     assert trainer.sampler.topk == 3  # TOPK 8 clamped to the 3 base classes
-    batch = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
+    batch = trainer._parse_batch_train(next(iter(trainer.train_loader_x)))
     random.seed(0)
     loss, logits = trainer.compute_loss(batch)
     loss.backward()
@@ -413,7 +416,7 @@ def test_one_step_trains_only_the_prompt_on_the_enlarged_batch(make_dpc):
 def test_loss_is_the_contrastive_loss_of_the_sampled_batch(make_dpc):
     trainer = make_dpc()
     trainer.before_train()
-    batch = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
+    batch = trainer._parse_batch_train(next(iter(trainer.train_loader_x)))
     random.seed(0)
     loss, _ = trainer.compute_loss(batch)
     random.seed(0)
@@ -428,7 +431,7 @@ def test_backbone_loss_option_adds_the_backbones_own_loss(make_dpc):
     plain, added = make_dpc(), make_dpc("TRAINER.DPC.ADD_BACKBONE_LOSS", "True")
     plain.before_train()
     added.before_train()
-    batch = plain.parse_batch_train(next(iter(plain.train_loader_x)))
+    batch = plain._parse_batch_train(next(iter(plain.train_loader_x)))
     random.seed(0)
     contrastive, _ = plain.compute_loss(batch)
     random.seed(0)
@@ -476,3 +479,30 @@ def test_stage1_trained_with_another_clip_is_refused(stage1, data_root, tiny_opt
     with pytest.raises(CheckpointError, match=r"model.pth.tar-1 was trained with the backbone .*tiny_clip.pt.*"
                                               r"this run uses .*other_clip.pt"):
         build(data_root, other_clip, tiny_opts, tmp_path / "stage2", "TRAINER.DPC.BACKBONE_DIR", stage1)
+
+
+# ---- one file: every DPC trainer in trainers/dpc.py, no backbone depends on it ----
+
+def test_every_in_tree_dpc_trainer_lives_in_dpc_py():
+    in_tree = {name: cls for name in TRAINERS.names()
+               if issubclass(cls := TRAINERS.get(name), DPCMixin) and cls.__module__.startswith("trainers.")}
+    assert {"DPC_CoOp", "DPC_DPL", "DPC_DGPrompt", "DPC_PromptKD"} <= set(in_tree)
+    assert {cls.__module__ for cls in in_tree.values()} == {"trainers.dpc"}
+
+
+def test_backbone_files_do_not_import_dpc():
+    """In a fresh interpreter, every other trainer module imports without `trainers.dpc` (the package's
+    `__init__`, which imports them all, is bypassed)."""
+    folder = os.path.dirname(trainers.__file__)
+    backbones = sorted(name[:-3] for name in os.listdir(folder)
+                       if name.endswith(".py") and name not in ("__init__.py", "dpc.py"))
+    assert {"dpl", "dgprompt", "coop", "promptkd"} <= set(backbones)
+    code = ("import sys, types\n"
+            f"package = types.ModuleType('trainers'); package.__path__ = [{folder!r}]\n"
+            "sys.modules['trainers'] = package\n"
+            f"for name in {backbones!r}: __import__('trainers.' + name)\n"
+            "print(sorted(m for m in sys.modules if m.startswith('trainers.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(folder), capture_output=True, text=True,
+                         check=True).stdout
+    assert "'trainers.dpl'" in out and "'trainers.dgprompt'" in out
+    assert "trainers.dpc" not in out

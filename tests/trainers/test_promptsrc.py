@@ -72,7 +72,7 @@ def test_template_list_puts_a_photo_of_a_first_and_keeps_60():
 def test_zero_shot_references_and_the_four_loss_terms_by_hand(data_root, tiny_clip_path, tiny_opts, tmp_path):
     trainer = build(data_root, tiny_clip_path, tiny_opts, tmp_path)
     assert trainer.model.fixed_embeddings is None  # built at the first step only (never in --eval-only)
-    batch = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
+    batch = trainer._parse_batch_train(next(iter(trainer.train_loader_x)))
     loss, logits = trainer.compute_loss(batch)
     assert logits is None
 
@@ -113,7 +113,7 @@ def test_zero_shot_references_and_the_four_loss_terms_by_hand(data_root, tiny_cl
 def test_bf16_trains(data_root, tiny_clip_path, tiny_opts, tmp_path):
     """The reference trains only in fp16; here the zero-shot parts follow the model's precision."""
     trainer = build(data_root, tiny_clip_path, tiny_opts, tmp_path, "TRAINER.PROMPTSRC.PREC", "bf16")
-    batch = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
+    batch = trainer._parse_batch_train(next(iter(trainer.train_loader_x)))
     with trainer.precision.autocast():
         loss, _ = trainer.compute_loss(batch)
     loss.backward()
@@ -190,17 +190,17 @@ def test_gpa_mean_outside_the_epochs_warns(data_root, tiny_clip_path, tiny_opts,
 def test_interrupted_run_still_ends_aggregated(gpa_run, data_root, tiny_clip_path, tiny_opts, tmp_path, monkeypatch,
                                                capsys):
     out = tmp_path / "interrupted"
-    original = TrainerBase.run_epoch
+    original = TrainerBase._run_epoch
 
     def killed_in_third_epoch(self):
         if self.epoch == 2:
             raise KeyboardInterrupt("simulated kill")
         original(self)
 
-    monkeypatch.setattr(TrainerBase, "run_epoch", killed_in_third_epoch)
+    monkeypatch.setattr(TrainerBase, "_run_epoch", killed_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         build(data_root, tiny_clip_path, tiny_opts, out, *GPA_OPTS).train()
-    monkeypatch.setattr(TrainerBase, "run_epoch", original)
+    monkeypatch.setattr(TrainerBase, "_run_epoch", original)
     capsys.readouterr()
     resumed = build(data_root, tiny_clip_path, tiny_opts, out, *GPA_OPTS)
     resumed.train()

@@ -55,11 +55,11 @@ def build_trainer(name, clip_model, request):
     if "PROMPTKD" in cfg.TRAINER and trainer.config_node == "PROMPTKD":  # PromptKD's teacher (tests/conftest.py)
         cfg.TRAINER.PROMPTKD.TEACHER_NAME = request.getfixturevalue("promptkd_clips")[1]
         cfg.TRAINER.PROMPTKD.TEACHER_CKPT = request.getfixturevalue("promptkd_teacher")
-    opts = cfg.TRAINER[trainer.config_node]
-    opts.PREC = "fp32"
-    for key, value in opts.items():
+    method_cfg = cfg.TRAINER[trainer.config_node]
+    method_cfg.PREC = "fp32"
+    for key, value in method_cfg.items():
         if "DEPTH" in key and isinstance(value, int):
-            opts[key] = min(value, TINY_LAYERS)
+            method_cfg[key] = min(value, TINY_LAYERS)
     trainer.device = torch.device("cpu")
     trainer.precision = resolve_precision("fp32", trainer.device)
     if isinstance(trainer, PromptKD):  # what its __init__ sets besides the model
