@@ -19,7 +19,7 @@ from yacs.config import CfgNode as CN
 from engine.registry import TRAINERS
 from engine.errors import ConfigError
 from engine.trainer import CheckpointMismatch, TrainerBase
-from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
+from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedCLIP, assemble_prompts, build_class_prompts, init_context
 
 # Trainable tensors: the first text context and every tensor whose name holds `VPT`.
@@ -114,7 +114,6 @@ class IVLPModel(PromptedCLIP):
         if opts.PROMPT_DEPTH_VISION < 0:
             raise ConfigError(f"PROMPT_DEPTH_VISION must be >= 0 (0 = no vision prompt), got {opts.PROMPT_DEPTH_VISION}")
         print("Independent V-L design")
-        self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         # Reference RNG order, as far as a plain CLIP build allows: the vision prompts (first, then per
         # block), the text prompts per block, then a random context fill. The reference draws the

@@ -29,6 +29,7 @@ from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.trainer import CheckpointMismatch, TrainerBase
 from trainers.deep_prompting import DeepPromptedVisionEncoder
 from trainers.ivlp import IVLPModel, add_vision_prompts, encode_prompted_image, is_ivlp_trainable
+from trainers.prompting import normalize
 from trainers.promptsrc import GPA_KEY, Aggregation, fold_constant
 
 PROMPT_MARK = "VPT"           # official selection rule: student tensors whose name holds `VPT` train
@@ -264,10 +265,6 @@ class PromptKDModel(nn.Module):
         if text_features is None:
             text_features = normalize(self.encode_text())
         return self.logit_scale.exp() * normalize(self.encode_image(images)) @ text_features.t()
-
-
-def normalize(x):
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def distillation_loss(student_logits, teacher_logits, temperature, weight):
