@@ -304,15 +304,15 @@ class PromptedTextEncoder(nn.Module):
         """
         blocks = self.transformer.resblocks
         _check_depth(deep_prompts, blocks)
+        eot = eot_indices(tokenized_prompts).to(prompts.device)
+        # Positions after the last EOT never reach any EOT.
+        length = int(eot.max()) + 1 if truncate else prompts.shape[1]
         shared = self.shared_prefix(prompts, tokenized_prompts) if block_fn is None else None
         if shared is not None:
             per_group = [None if prompt is None else _prompt_per_group(prompt, prompts.shape[0], shared)
                          for prompt in deep_prompts]
             if all(tokens is not None or prompt is None for tokens, prompt in zip(per_group, deep_prompts)):
-                return self.encode_after_prefix(prompts, tokenized_prompts, shared, per_group, truncate)
-        eot = eot_indices(tokenized_prompts).to(prompts.device)
-        # Positions after the last EOT never reach any EOT.
-        length = int(eot.max()) + 1 if truncate else prompts.shape[1]
+                return self.encode_after_prefix(prompts[:, :length], eot, shared, per_group)
         x = prompts[:, :length] + self.positional_embedding[:length].type(self.dtype)
         x = x.permute(1, 0, 2)  # NLD -> LND
         x = run_deep_blocks(blocks, x, causal_mask(length, x.dtype, x.device), deep_prompts, _replace_after_sot,
@@ -334,11 +334,11 @@ class PromptedTextEncoder(nn.Module):
         length = min(marked.length, int(eot_indices(tokenized_prompts).min()))
         return SharedPrefix(length, marked.groups) if length > 1 else None
 
-    def encode_after_prefix(self, prompts, tokenized_prompts, shared, deep_prompts_per_group, truncate=True):
+    def encode_after_prefix(self, prompts, eot, shared, deep_prompts_per_group):
         """`forward` with the shared prefix run once per group (the group's first row) and the positions
-        after it per sequence; each deep prompt is one (n, groups, width) tensor, or None."""
-        eot = eot_indices(tokenized_prompts).to(prompts.device)
-        length = int(eot.max()) + 1 if truncate else prompts.shape[1]
+        after it per sequence. prompts: (N, L, width), the positions to run; eot: (N,) EOT positions;
+        each deep prompt is one (n, groups, width) tensor, or None."""
+        length = prompts.shape[1]
         n_shared, per_group = shared.length, prompts.shape[0] // shared.groups
         position = self.positional_embedding[:length].type(self.dtype)
         shared_x = (prompts[::per_group, :n_shared] + position[:n_shared]).permute(1, 0, 2)  # (P, G, width)

@@ -33,7 +33,7 @@ from trainers.prompting import normalize
 from trainers.promptsrc import GPA_KEY, Aggregation, fold_constant
 
 PROMPT_MARK = "VPT"           # official selection rule: student tensors whose name holds `VPT` train
-TEACHER = "teacher."          # prefix of the frozen teacher's tensors inside our model
+TEACHER = "teacher."          # key prefix of the frozen teacher's tensors inside our model
 MODALS = ("base2novel", "cross")
 TEACHER_FOLDER = "VLPromptLearner"  # the teacher's (PromptSRC / IVLP) checkpoint folder
 TEACHER_TRAIN_HINT = (

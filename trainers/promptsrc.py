@@ -27,7 +27,7 @@ from yacs.config import CfgNode as CN
 from engine.registry import TRAINERS
 from engine.errors import ConfigError
 from engine.trainer import CLASS_DEPENDENT_BUFFERS, CheckpointMismatch
-from trainers.ivlp import IVLP, IVLPModel, is_ivlp_trainable
+from trainers.ivlp import IVLP, IVLPModel, add_ivlp_keys, is_ivlp_trainable
 from trainers.prompting import normalize
 from trainers.templates import PROMPTSRC_TEMPLATES, template_prompts
 
@@ -41,12 +41,7 @@ TEXTS_PER_CALL = 2048  # template texts per text-encoder call when building the 
 
 def add_promptsrc_config(cfg):
     cfg.TRAINER.PROMPTSRC = CN()
-    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4            # vision prompt tokens per prompted layer
-    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4              # text prompt tokens per prompted layer
-    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"   # first N_CTX_TEXT tokens become ctx (if N_CTX_TEXT <= 4)
-    cfg.TRAINER.PROMPTSRC.PREC = "fp16"               # fp16 | fp32 | amp | bf16
-    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9     # prompted vision layers incl. the input (0 = none)
-    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9       # prompted text layers incl. the input (>= 1)
+    add_ivlp_keys(cfg.TRAINER.PROMPTSRC, n_ctx=4)
     cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25       # L1 between prompted and zero-shot text features
     cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10      # L1 between prompted and zero-shot image features
     cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15               # Gaussian over the (1-based) epochs: mean
