@@ -18,7 +18,8 @@ def test_template_prompts_are_clip_inputs_of_the_filled_templates(tiny_clip_path
     clip_model = load_clip_to_cpu(tiny_clip_path)  # fp16 weights, fp32 token table
     prompts = template_prompts(clip_model.token_embedding, ["a photo of a {}.", "art of the {}."], CLASSNAMES,
                                clip_model.dtype)
-    texts = ["a photo of a face.", "a photo of a great white shark.", "art of the face.", "art of the great white shark."]
+    texts = ["a photo of a face.", "a photo of a great white shark.",
+             "art of the face.", "art of the great white shark."]
     assert prompts.texts == texts  # template-major, `_` shown as spaces
     assert torch.equal(prompts.tokenized, tokenize(texts))
     assert prompts.embedding.dtype == torch.float16 and not prompts.embedding.requires_grad
