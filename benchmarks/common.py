@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine.clip_loading import clip, load_clip_to_cpu  # noqa: E402
 from engine.precision import resolve_precision  # noqa: E402
 from trainers.deep_prompting import tower_sizes  # noqa: E402
+from trainers.prompting import normalize  # noqa: E402
 
 VIT_B16 = dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
                context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
@@ -106,8 +107,7 @@ def time_test(model, batches, device, precision):
         if getattr(model, "igt", False):
             run = model
         else:
-            text = model.encode_text()
-            text = text / text.norm(dim=-1, keepdim=True)
+            text = normalize(model.encode_text())
             run = lambda x: model(x, text_features=text)  # noqa: E731
         return time.perf_counter() - start + time_eval(run, batches, device)
 

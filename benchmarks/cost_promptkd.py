@@ -28,7 +28,8 @@ from engine.config import build_cfg
 from trainers.deep_prompting import tower_sizes
 from trainers.ivlp import IVLPModel
 from trainers.maple import MaPLeModel
-from trainers.promptkd import PromptKDModel, distillation_loss, is_student_state, normalize
+from trainers.promptkd import PromptKDModel, distillation_loss, is_student_state
+from trainers.prompting import normalize
 
 VIT_L14 = dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024, vision_patch_size=14,
                context_length=77, vocab_size=49408, transformer_width=768, transformer_heads=12, transformer_layers=12)

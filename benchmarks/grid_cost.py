@@ -53,7 +53,8 @@ from trainers.dpl import DPLModel
 from trainers.ivlp import IVLPModel, is_ivlp_trainable
 from trainers.kgcoop import KgCoOpModel
 from trainers.maple import MaPLeModel
-from trainers.promptkd import PromptKDModel, distillation_loss, is_student_state, normalize
+from trainers.promptkd import PromptKDModel, distillation_loss, is_student_state
+from trainers.prompting import normalize
 from trainers.promptsrc import PROMPTSRC_TEMPLATES, PromptSRCModel
 
 SHOTS = 16

@@ -17,8 +17,8 @@ from yacs.config import CfgNode as CN
 
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.prompting import PromptedCLIP, class_text, encode_token_ids, tokenize
-from trainers.templates import template_for
+from trainers.prompting import PromptedCLIP, normalize
+from trainers.templates import template_for, template_prompts
 
 
 def add_mymethod_config(cfg):
@@ -46,11 +46,9 @@ class MyMethodModel(PromptedCLIP):
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
         mymethod_cfg = cfg.TRAINER.MYMETHOD
-        template = template_for(cfg.DATASET.NAME)
-        tokenized = tokenize([template.format(class_text(name)) for name in classnames])
+        prompts = template_prompts(clip_model.token_embedding, template_for(cfg.DATASET.NAME), classnames, self.dtype)
         with torch.no_grad():  # fixed features: no graph kept from the frozen text tower
-            features = encode_token_ids(self.text_encoder, clip_model.token_embedding, tokenized)
-        features = features / features.norm(dim=-1, keepdim=True)
+            features = normalize(self.text_encoder(prompts.embedding, prompts.tokenized))
         # Depends on the class names, so it is rebuilt for the new classes and never saved.
         self.register_buffer("text_features", features, persistent=False)  # (n_cls, embed_dim)
         self.adapter = MyMethodAdapter(features.shape[-1], mymethod_cfg.REDUCTION, self.dtype)

@@ -24,10 +24,10 @@ from yacs.config import CfgNode as CN
 from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
-from trainers.prompting import (PromptedCLIP, assemble_prompts, build_class_prompts, class_text, eot_indices,
-                                init_context, mark_shared_prefix, run_block, tokenize)
-from trainers.templates import template_for
+from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
+from trainers.prompting import (PromptedCLIP, assemble_prompts, build_class_prompts, eot_indices, init_context,
+                                mark_shared_prefix, normalize, run_block)
+from trainers.templates import template_for, template_prompts
 
 NAME = "DGPrompt (reconstructed)"
 
@@ -65,10 +65,6 @@ def retention_loss(text_features, zs_text_features, image_features, zs_image_fea
     kl = F.kl_div(F.log_softmax(logits.float(), dim=1), F.log_softmax(zs_logits.float(), dim=1),
                   reduction="sum", log_target=True) / logits.numel()
     return text_weight * text + image_weight * image + kl_weight * kl
-
-
-def normalize(features):
-    return features / features.norm(dim=-1, keepdim=True)
 
 
 class DGPromptTGV(nn.Module):
@@ -165,18 +161,15 @@ class DGPromptModel(PromptedCLIP):
         super().__init__(clip_model)
         dgprompt_cfg = cfg.TRAINER.DGPROMPT
         self.prompt_learner = DGPromptLearner(dgprompt_cfg, classnames, clip_model)
-        self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         self.depth, self.igt = dgprompt_cfg.DEPTH, dgprompt_cfg.IGT
         self.truncate, self.class_chunk = dgprompt_cfg.TRUNCATE_TEXT, dgprompt_cfg.CLASS_CHUNK
         self.ret_fuse = dgprompt_cfg.RET_FUSE
         self.retention_weights = (dgprompt_cfg.TEXT_LOSS_WEIGHT, dgprompt_cfg.IMAGE_LOSS_WEIGHT, dgprompt_cfg.KL_WEIGHT)
         # Frozen context and anchors come from the dataset's hand-crafted sentence.
-        template = template_for(cfg.DATASET.NAME)
-        self.anchor_tokens = tokenize([template.format(class_text(name)) for name in classnames])  # (n_cls, 77)
-        with torch.no_grad():
-            embedding = clip_model.token_embedding(self.anchor_tokens).type(self.dtype)
-        self.register_buffer("anchor_embeddings", embedding, persistent=False)  # (n_cls, 77, text_width)
+        anchors = template_prompts(clip_model.token_embedding, template_for(cfg.DATASET.NAME), classnames, self.dtype)
+        self.anchor_tokens = anchors.tokenized                                            # (n_cls, 77)
+        self.register_buffer("anchor_embeddings", anchors.embedding, persistent=False)  # (n_cls, 77, text_width)
         self.cached_text_context = None
 
     # -- frozen context (no gradient) -----------------------------------------------------
@@ -221,23 +214,23 @@ class DGPromptModel(PromptedCLIP):
         if self.igt and image_context is None:
             raise ValueError("DGPrompt with IGT has image-conditioned text features: pass the image context")
         prompts = learner.text_prompts(image_context)        # (J, M, width) or (B, J, M, width)
-        prefix, suffix = learner.token_prefix[classes], learner.token_suffix[classes]
+        token_prefix, token_suffix = learner.token_prefix[classes], learner.token_suffix[classes]
         tokenized = learner.tokenized_prompts[classes]
         if self.truncate:  # tokens after the last EOT never reach an EOT: do not even build them
             length = int(eot_indices(tokenized).max()) + 1
-            suffix = suffix[:, :length - 1 - prompts.shape[-2]]  # after SOT and the prompt tokens
+            token_suffix = token_suffix[:, :length - 1 - prompts.shape[-2]]  # after SOT and the prompt tokens
         if not self.igt:
-            return self.text_encoder(assemble_prompts(prompts[0].type(self.dtype), prefix, suffix), tokenized,
-                                     list(prompts[1:]), truncate=self.truncate)
+            class_prompts = assemble_prompts(prompts[0].type(self.dtype), token_prefix, token_suffix)
+            return self.text_encoder(class_prompts, tokenized, list(prompts[1:]), truncate=self.truncate)
         # One sequence per (image, class), image-major: (B * C, L, width). SOT and the prompt tokens
         # are one tensor per image: the encoder runs them once per image, not once per class.
-        n_img, n_cls, n_ctx = prompts.shape[0], prefix.shape[0], prompts.shape[2]
+        n_img, n_cls, n_ctx = prompts.shape[0], token_prefix.shape[0], prompts.shape[2]
 
         def per_sequence(t):  # (B, n, width) -> (B * C, n, width)
             return t.unsqueeze(1).expand(-1, n_cls, -1, -1).reshape(n_img * n_cls, *t.shape[1:])
 
         first = per_sequence(prompts[:, 0].type(self.dtype))
-        sequences = torch.cat([prefix.repeat(n_img, 1, 1), first, suffix.repeat(n_img, 1, 1)], dim=1)
+        sequences = torch.cat([token_prefix.repeat(n_img, 1, 1), first, token_suffix.repeat(n_img, 1, 1)], dim=1)
         mark_shared_prefix(sequences, 1 + n_ctx, groups=n_img)
         deep = [mark_shared_prefix(per_sequence(prompts[:, layer]), n_ctx, groups=n_img)
                 for layer in range(1, prompts.shape[1])]

@@ -37,7 +37,8 @@ from trainers.dpl import DPL
 from trainers.ivlp import IVLP
 from trainers.kgcoop import KgCoOp
 from trainers.maple import MaPLe
-from trainers.promptkd import TEACHER, PromptKD, is_student_state, normalize
+from trainers.promptkd import TEACHER, PromptKD, is_student_state
+from trainers.prompting import normalize
 from trainers.promptsrc import PromptSRC
 
 
@@ -443,10 +444,9 @@ class DPCMixin:
         """
         with substituted_parameters(self.model, self.pretuned):
             if self.query_text_features is None:  # P is frozen: its text features never change
-                text_features = self.model.encode_text()
-                self.query_text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+                self.query_text_features = normalize(self.model.encode_text())
             image_features = self.model.encode_image(images)
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        image_features = normalize(image_features)
         return (100 * image_features @ self.query_text_features.t()).softmax(dim=-1)
 
     def compute_loss(self, batch):

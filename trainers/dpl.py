@@ -22,9 +22,9 @@ from yacs.config import CfgNode as CN
 from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
-from trainers.prompting import PromptedCLIP, class_text, eot_indices, run_block, tokenize
-from trainers.templates import template_for
+from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
+from trainers.prompting import PromptedCLIP, eot_indices, run_block
+from trainers.templates import template_for, template_prompts
 
 NAME = "DPL (reconstructed)"
 
@@ -220,16 +220,13 @@ class DPLModel(PromptedCLIP):
         super().__init__(clip_model)
         dpl_cfg = cfg.TRAINER.DPL
         self.prompt_learner = DPLPromptLearner(dpl_cfg, clip_model)
-        self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         self.frozen_image_encoder = not self.prompt_learner.vision
         self.lctp = dpl_cfg.LCTP
         # LCTP keeps CLIP's zero-shot input: the dataset's hand-crafted sentence per class.
-        template = template_for(cfg.DATASET.NAME)
-        self.tokenized_prompts = tokenize([template.format(class_text(name)) for name in classnames])  # (n_cls, 77)
-        with torch.no_grad():
-            embedding = clip_model.token_embedding(self.tokenized_prompts).type(self.dtype)
-        self.register_buffer("sentence_embeddings", embedding, persistent=False)  # (n_cls, 77, text_width)
+        sentences = template_prompts(clip_model.token_embedding, template_for(cfg.DATASET.NAME), classnames, self.dtype)
+        self.tokenized_prompts = sentences.tokenized                                       # (n_cls, 77)
+        self.register_buffer("sentence_embeddings", sentences.embedding, persistent=False)  # (n_cls, 77, text_width)
         self.frozen_text_features = None
 
     def encode_text(self):

@@ -19,7 +19,7 @@ from yacs.config import CfgNode as CN
 from engine.registry import TRAINERS
 from engine.errors import ConfigError
 from engine.trainer import CheckpointMismatch, TrainerBase
-from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
+from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedCLIP, assemble_prompts, build_class_prompts, init_context
 
 # Trainable tensors: the first text context and every tensor whose name holds `VPT`.
@@ -27,15 +27,21 @@ TEXT_CTX = "prompt_learner.ctx"
 PROMPT_MARK = "VPT"
 
 
+def add_ivlp_keys(node, n_ctx):
+    """The keys `IVLPModel` reads, on a method's own config node (IVLP's, PromptSRC's), with `n_ctx`
+    text and vision prompt tokens by default."""
+    node.N_CTX_VISION = n_ctx            # vision prompt tokens per prompted layer
+    node.N_CTX_TEXT = n_ctx              # text prompt tokens per prompted layer
+    node.CTX_INIT = "a photo of a"       # first N_CTX_TEXT tokens become ctx (if N_CTX_TEXT <= 4)
+    node.PREC = "fp16"                   # fp16 | fp32 | amp | bf16
+    node.PROMPT_DEPTH_VISION = 9         # prompted vision layers incl. the input (0 = no vision prompt)
+    node.PROMPT_DEPTH_TEXT = 9           # prompted text layers incl. the input (>= 1)
+
+
 def add_ivlp_config(cfg):
     cfg.TRAINER.IVLP = CN()
     # Reference behaviour: train.py defaults to 2+2 tokens while the shipped config sets 4+4.
-    cfg.TRAINER.IVLP.N_CTX_VISION = 2            # vision prompt tokens per prompted layer
-    cfg.TRAINER.IVLP.N_CTX_TEXT = 2              # text prompt tokens per prompted layer
-    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"   # first N_CTX_TEXT tokens become ctx (if N_CTX_TEXT <= 4)
-    cfg.TRAINER.IVLP.PREC = "fp16"               # fp16 | fp32 | amp | bf16
-    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9     # prompted vision layers incl. the input (0 = no vision prompt)
-    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9       # prompted text layers incl. the input (>= 1)
+    add_ivlp_keys(cfg.TRAINER.IVLP, n_ctx=2)
 
 
 def is_ivlp_trainable(name):
@@ -115,7 +121,6 @@ class IVLPModel(PromptedCLIP):
             raise ConfigError(f"PROMPT_DEPTH_VISION must be >= 0 (0 = no vision prompt), "
                               f"got {ivlp_cfg.PROMPT_DEPTH_VISION}")
         print("Independent V-L design")
-        self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
         # Reference RNG order, as far as a plain CLIP build allows: the vision prompts (first, then per
         # block), the text prompts per block, then a random context fill. The reference draws the

@@ -16,8 +16,8 @@ from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
 from trainers.coop import CoOpPromptLearner, add_coop_config
-from trainers.prompting import PromptedCLIP, PromptedTextEncoder, class_text, tokenize
-from trainers.templates import KGCOOP_TEMPLATES, template_for
+from trainers.prompting import PromptedCLIP, PromptedTextEncoder, normalize
+from trainers.templates import KGCOOP_TEMPLATES, template_for, template_prompts
 
 KG_LOSSES = ("code", "paper")
 
@@ -52,13 +52,11 @@ def handcrafted_text_features(clip_model, classnames, template, device):
     encoder = copy.deepcopy(PromptedTextEncoder(clip_model))
     clip.model.convert_weights(encoder)  # exact: the loaded weights were fp16
     encoder.dtype = torch.float16
-    tokenized = tokenize([template.format(class_text(name)) for name in classnames])
+    prompts = template_prompts(clip_model.token_embedding, template, classnames, torch.float16)
     with torch.no_grad():
-        embedding = clip_model.token_embedding(tokenized).half()  # (n_cls, 77, width)
         # all 77 positions, as the reference's encode_text: bit-identical features, once per run
-        features = encoder.to(device).encode(embedding.to(device), tokenized.to(device), encoder.run_blocks,
-                                             truncate=False)
-    return (features / features.norm(dim=-1, keepdim=True)).cpu()
+        features = encoder.to(device)(prompts.embedding.to(device), prompts.tokenized.to(device), truncate=False)
+    return normalize(features).cpu()
 
 
 class KgCoOpPromptLearner(CoOpPromptLearner):
@@ -88,8 +86,7 @@ class KgCoOpModel(PromptedCLIP):
         code (released): 1 - mean_c cos(t_c, w_c); paper: mean_c ||t_c - w_c||^2 on unit vectors,
         which is twice the code's value.
         """
-        t = text_features / text_features.norm(dim=-1, keepdim=True)
-        w = self.clip_text_features / self.clip_text_features.norm(dim=-1, keepdim=True)
+        t, w = normalize(text_features), normalize(self.clip_text_features)
         if form == "code":
             return 1.0 - torch.mean(F.cosine_similarity(t, w, dim=1, eps=1e-7))
         return (t - w).pow(2).sum(dim=-1).mean()

@@ -15,10 +15,10 @@ from yacs.config import CfgNode as CN
 from engine.registry import TRAINERS
 from engine.errors import ConfigError
 from engine.trainer import CheckpointMismatch, TrainerBase
-from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
+from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedCLIP, assemble_prompts, build_class_prompts, init_context
 
-PREFIX = "prompt_learner."
+LEARNER = "prompt_learner."  # key prefix of the prompt learner's tensors
 
 
 def add_maple_config(cfg):
@@ -79,7 +79,6 @@ class MaPLeModel(PromptedCLIP):
     def __init__(self, cfg, classnames, clip_model):
         super().__init__(clip_model)
         self.prompt_learner = MaPLePromptLearner(cfg.TRAINER.MAPLE, classnames, clip_model)
-        self.text_encoder = DeepPromptedTextEncoder(clip_model)
         self.image_encoder = DeepPromptedVisionEncoder(clip_model.visual)
 
     def encode_text(self):
@@ -88,8 +87,8 @@ class MaPLeModel(PromptedCLIP):
         return self.text_encoder(prompts, self.prompt_learner.tokenized_prompts, deep_prompts)
 
     def encode_image(self, images):
-        shared_ctx, deep_prompts = self.prompt_learner.vision_prompts()
-        return self.image_encoder(images.type(self.dtype), shared_ctx, deep_prompts)
+        first_layer_prompt, deep_prompts = self.prompt_learner.vision_prompts()
+        return self.image_encoder(images.type(self.dtype), first_layer_prompt, deep_prompts)
 
 
 @TRAINERS.register("MaPLe", config=add_maple_config)
@@ -112,13 +111,13 @@ class MaPLe(TrainerBase):
 
     def checkpoint_state_dict(self):
         """Only the prompt learner (its trainable tensors and token buffers), official key names."""
-        return {k: v for k, v in self.model.state_dict().items() if k.startswith(PREFIX)}
+        return {k: v for k, v in self.model.state_dict().items() if k.startswith(LEARNER)}
 
     def load_checkpoint_state_dict(self, state_dict):
         """Load `prompt_learner.*`; the frozen CLIP weights of official whole-model files are not
         loaded (the configured backbone is kept) but compared with ours, and a mismatch is reported."""
-        learner = {k: v for k, v in state_dict.items() if k.startswith(PREFIX)}
+        learner = {k: v for k, v in state_dict.items() if k.startswith(LEARNER)}
         if not learner:
-            raise CheckpointMismatch(f"it has no '{PREFIX}*' keys, so it is not a MaPLe checkpoint")
-        self.report_frozen_mismatch({k: v for k, v in state_dict.items() if not k.startswith(PREFIX)})
+            raise CheckpointMismatch(f"it has no '{LEARNER}*' keys, so it is not a MaPLe checkpoint")
+        self.report_frozen_mismatch({k: v for k, v in state_dict.items() if not k.startswith(LEARNER)})
         super().load_checkpoint_state_dict(learner)

@@ -29,10 +29,11 @@ from engine.errors import CheckpointError, ConfigError, MissingFileError
 from engine.trainer import CheckpointMismatch, TrainerBase
 from trainers.deep_prompting import DeepPromptedVisionEncoder
 from trainers.ivlp import IVLPModel, add_vision_prompts, encode_prompted_image, is_ivlp_trainable
+from trainers.prompting import normalize
 from trainers.promptsrc import GPA_KEY, Aggregation, fold_constant
 
 PROMPT_MARK = "VPT"           # official selection rule: student tensors whose name holds `VPT` train
-TEACHER = "teacher."          # prefix of the frozen teacher's tensors inside our model
+TEACHER = "teacher."          # key prefix of the frozen teacher's tensors inside our model
 MODALS = ("base2novel", "cross")
 TEACHER_FOLDER = "VLPromptLearner"  # the teacher's (PromptSRC / IVLP) checkpoint folder
 TEACHER_TRAIN_HINT = (
@@ -268,10 +269,6 @@ class PromptKDModel(nn.Module):
         if text_features is None:
             text_features = normalize(self.encode_text())
         return self.logit_scale.exp() * normalize(self.encode_image(images)) @ text_features.t()
-
-
-def normalize(x):
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 def distillation_loss(student_logits, teacher_logits, temperature, weight):

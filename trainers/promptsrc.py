@@ -27,9 +27,9 @@ from yacs.config import CfgNode as CN
 from engine.registry import TRAINERS
 from engine.errors import ConfigError
 from engine.trainer import CheckpointMismatch
-from trainers.ivlp import IVLP, IVLPModel, is_ivlp_trainable
-from trainers.prompting import class_text, tokenize
-from trainers.templates import PROMPTSRC_TEMPLATES
+from trainers.ivlp import IVLP, IVLPModel, add_ivlp_keys, is_ivlp_trainable
+from trainers.prompting import normalize
+from trainers.templates import PROMPTSRC_TEMPLATES, template_prompts
 
 # Entry of our checkpoints' state dict recording the aggregation that produced the weights:
 # float64 (GPA_MEAN, GPA_STD, MAX_EPOCH, GPA_TRAINABLE_ONLY). Official loaders ignore it.
@@ -41,12 +41,7 @@ TEXTS_PER_CALL = 2048  # template texts per text-encoder call when building the 
 
 def add_promptsrc_config(cfg):
     cfg.TRAINER.PROMPTSRC = CN()
-    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4            # vision prompt tokens per prompted layer
-    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4              # text prompt tokens per prompted layer
-    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"   # first N_CTX_TEXT tokens become ctx (if N_CTX_TEXT <= 4)
-    cfg.TRAINER.PROMPTSRC.PREC = "fp16"               # fp16 | fp32 | amp | bf16
-    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9     # prompted vision layers incl. the input (0 = none)
-    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9       # prompted text layers incl. the input (>= 1)
+    add_ivlp_keys(cfg.TRAINER.PROMPTSRC, n_ctx=4)
     cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25       # L1 between prompted and zero-shot text features
     cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10      # L1 between prompted and zero-shot image features
     cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15               # Gaussian over the (1-based) epochs: mean
@@ -134,9 +129,8 @@ class PromptSRCModel(IVLPModel):
         with torch.autocast(device.type, enabled=False):
             for start in range(0, len(templates), templates_per_call):
                 group = templates[start:start + templates_per_call]
-                tokens = tokenize([t.format(class_text(name)) for t in group for name in self.classnames])
-                embeddings = self.token_embedding(tokens).float().to(device)
-                features.append(encoder(embeddings, tokens).view(len(group), n_cls, -1))
+                prompts = template_prompts(self.token_embedding, group, self.classnames, torch.float32)
+                features.append(encoder(prompts.embedding.to(device), prompts.tokenized).view(len(group), n_cls, -1))
         return torch.cat(features).mean(dim=0)
 
     def loss(self, images, labels):
@@ -145,14 +139,13 @@ class PromptSRCModel(IVLPModel):
             self.fixed_embeddings = self.zero_shot_text_features()
         text_features = self.encode_text()
         image_features = self.encode_image(images)
-        text_features = text_features / text_features.norm(dim=-1, keepdim=True)
-        image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+        text_features = normalize(text_features)
+        image_features = normalize(image_features)
         scale = self.logit_scale.exp()
         logits = scale * image_features @ text_features.t()
         with torch.no_grad():
-            zs_text = self.fixed_embeddings / self.fixed_embeddings.norm(dim=-1, keepdim=True)  # fp32
-            zs_image = self.zero_shot_image_features(images)
-            zs_image = zs_image / zs_image.norm(dim=-1, keepdim=True)
+            zs_text = normalize(self.fixed_embeddings)  # fp32
+            zs_image = normalize(self.zero_shot_image_features(images))
             zs_logits = scale * zs_image @ zs_text.type(zs_image.dtype).t()
         loss_ce = F.cross_entropy(logits, labels)
         # Reference behaviour: the text term is computed in fp32 (fp16 features minus fp32 targets).

@@ -1,5 +1,11 @@
 """Hand-crafted prompt templates, keyed by `DATASET.NAME`; zero-shot CLIP's table and KgCoOp's variant
-(docs/methods/zsclip.md, docs/methods/kgcoop.md)."""
+(docs/methods/zsclip.md, docs/methods/kgcoop.md), and `template_prompts`, their token ids and embeddings
+for the frozen text tower."""
+from dataclasses import dataclass
+
+import torch
+
+from trainers.prompting import class_text, tokenize
 
 # Zero-shot CLIP's per-dataset template (CoOp `trainers/zsclip.py`).
 CUSTOM_TEMPLATES = {
@@ -35,11 +41,6 @@ IMAGENET_TEMPLATES_SELECT = [
 ]
 
 DEFAULT_TEMPLATE = "a photo of a {}."
-
-
-def template_for(dataset_name, table=CUSTOM_TEMPLATES):
-    """The dataset's template; unknown (user) datasets get `a photo of a {}.`."""
-    return table.get(dataset_name, DEFAULT_TEMPLATE)
 
 # CLIP's 80 ImageNet prompt-ensembling templates, in the order of CoOp's `imagenet_templates.py`.
 IMAGENET_TEMPLATES = [
@@ -128,3 +129,30 @@ IMAGENET_TEMPLATES = [
 # PromptSRC's text targets: `a photo of a {}.` first, then the other 79 in order, cut at 60
 # (the official PromptSRC list, used for every dataset).
 PROMPTSRC_TEMPLATES = (["a photo of a {}."] + [t for t in IMAGENET_TEMPLATES if t != "a photo of a {}."])[:60]
+
+
+def template_for(dataset_name, table=CUSTOM_TEMPLATES):
+    """The dataset's template; unknown (user) datasets get `a photo of a {}.`."""
+    return table.get(dataset_name, DEFAULT_TEMPLATE)
+
+
+@dataclass
+class TemplatePrompts:
+    texts: list                 # `template.format(classname)`, template-major
+    tokenized: torch.Tensor     # (n, 77) token ids
+    embedding: torch.Tensor     # (n, 77, width) frozen token embeddings
+
+
+def template_prompts(token_embedding, templates, classnames, dtype):
+    """Hand-crafted prompts of every class, for the text encoder (`text_encoder(p.embedding, p.tokenized)`).
+
+    templates: one template, or a list of them (rows are template-major: every class of the first
+    template, then of the next). The embeddings are looked up without gradient and cast to `dtype`.
+    """
+    if isinstance(templates, str):
+        templates = [templates]
+    texts = [template.format(class_text(name)) for template in templates for name in classnames]
+    tokenized = tokenize(texts)
+    with torch.no_grad():
+        embedding = token_embedding(tokenized).type(dtype)
+    return TemplatePrompts(texts, tokenized, embedding)

@@ -8,8 +8,8 @@ import torch
 
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.prompting import PromptedCLIP, class_text, tokenize
-from trainers.templates import template_for
+from trainers.prompting import PromptedCLIP
+from trainers.templates import template_for, template_prompts
 
 
 class ZeroshotCLIPModel(PromptedCLIP):
@@ -17,14 +17,11 @@ class ZeroshotCLIPModel(PromptedCLIP):
 
     def __init__(self, clip_model, classnames, template):
         super().__init__(clip_model)
-        prompts = [template.format(class_text(name)) for name in classnames]
-        print(f"Prompts: {prompts}")
-        tokenized = tokenize(prompts)
-        with torch.no_grad():
-            embeddings = clip_model.token_embedding(tokenized).type(self.dtype)
+        prompts = template_prompts(clip_model.token_embedding, template, classnames, self.dtype)
+        print(f"Prompts: {prompts.texts}")
         # buffers follow the model to its device, where the features are computed (on first use)
-        self.register_buffer("prompt_embeddings", embeddings, persistent=False)  # (n_cls, 77, width)
-        self.register_buffer("tokenized_prompts", tokenized, persistent=False)
+        self.register_buffer("prompt_embeddings", prompts.embedding, persistent=False)  # (n_cls, 77, width)
+        self.register_buffer("tokenized_prompts", prompts.tokenized, persistent=False)
         self.text_features = None
 
     def encode_text(self):

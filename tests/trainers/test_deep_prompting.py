@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from engine.clip_loading import load_clip_to_cpu
-from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder, tower_sizes
+from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
 from trainers.prompting import PromptedTextEncoder, causal_mask, eot_indices, run_block, tokenize
 
 TEXTS = ["X X of a face.", "X X of a great white shark, a type of fish."]
@@ -27,15 +27,15 @@ def test_tower_sizes_are_read_from_the_model(clip_model):
 
 def test_text_without_prompts_is_clip_encode_text(clip_model, tokens):
     with torch.no_grad():
-        ours = DeepPromptedTextEncoder(clip_model)(clip_model.token_embedding(tokens), tokens)
+        ours = PromptedTextEncoder(clip_model)(clip_model.token_embedding(tokens), tokens)
         torch.testing.assert_close(ours, clip_model.encode_text(tokens), rtol=1e-5, atol=1e-5)
 
 
-def test_text_zero_depth_is_the_shallow_prompted_encoder(clip_model, tokens):
+def test_text_without_deep_prompts_is_the_shallow_prompted_encoder(clip_model, tokens):
     prompts = clip_model.token_embedding(tokens)
     prompts[:, 1:1 + N] = torch.randn(N, 128)
     with torch.no_grad():
-        deep = DeepPromptedTextEncoder(clip_model)(prompts, tokens, deep_prompts=[])
+        deep = PromptedTextEncoder(clip_model)(prompts, tokens, deep_prompts=[])
         shallow = PromptedTextEncoder(clip_model)(prompts, tokens)
     assert torch.equal(deep, shallow)
 
@@ -59,7 +59,7 @@ def test_text_replacement_touches_exactly_positions_after_sot(clip_model, tokens
     deep = [torch.randn(N, 128), torch.randn(N, 128)]  # blocks 1 and 2 of 3
     seen = []
     with torch.no_grad():
-        DeepPromptedTextEncoder(clip_model)(clip_model.token_embedding(tokens), tokens, deep, record_inputs(seen))
+        PromptedTextEncoder(clip_model)(clip_model.token_embedding(tokens), tokens, deep, record_inputs(seen))
     assert [layer for layer, *_ in seen] == [0, 1, 2]
     for (layer, x_in, _, mask), (_, _, prev_out, _) in zip(seen[1:], seen[:-1]):
         assert torch.equal(x_in[1:1 + N], deep[layer - 1].expand(2, -1, -1).permute(1, 0, 2))
@@ -71,7 +71,7 @@ def test_text_matches_a_hand_unrolled_loop(clip_model, tokens):
     prompts = clip_model.token_embedding(tokens)
     deep = [torch.randn(N, 128)]  # depth 2: block 1 gets a fresh prompt, block 2 carries it
     with torch.no_grad():
-        ours = DeepPromptedTextEncoder(clip_model)(prompts, tokens, deep)
+        ours = PromptedTextEncoder(clip_model)(prompts, tokens, deep)
         x = (prompts + clip_model.positional_embedding).permute(1, 0, 2)  # full 77 tokens
         x = clip_model.transformer.resblocks[0](x)
         x[1:1 + N] = deep[0].unsqueeze(1)
@@ -82,7 +82,7 @@ def test_text_matches_a_hand_unrolled_loop(clip_model, tokens):
 
 
 def test_per_sequence_deep_prompts(clip_model, tokens):
-    encoder = DeepPromptedTextEncoder(clip_model)
+    encoder = PromptedTextEncoder(clip_model)
     prompts = clip_model.token_embedding(tokens)
     per_sequence = torch.randn(2, N, 128)
     with torch.no_grad():
@@ -131,14 +131,14 @@ def test_block_fn_replaces_the_block_computation(clip_model):
 
 def test_too_many_deep_prompts_fail(clip_model, tokens):
     with pytest.raises(ValueError, match="3 deep prompts for 3 blocks"):
-        DeepPromptedTextEncoder(clip_model)(clip_model.token_embedding(tokens), tokens, [torch.zeros(N, 128)] * 3)
+        PromptedTextEncoder(clip_model)(clip_model.token_embedding(tokens), tokens, [torch.zeros(N, 128)] * 3)
 
 
 def test_fp32_prompts_are_cast_into_an_fp16_model(tiny_clip_path, tokens):
     clip_fp16 = load_clip_to_cpu(tiny_clip_path)
     images = torch.randn(1, 3, 32, 32).half()
     with torch.no_grad():
-        text = DeepPromptedTextEncoder(clip_fp16)(clip_fp16.token_embedding(tokens).half(), tokens,
+        text = PromptedTextEncoder(clip_fp16)(clip_fp16.token_embedding(tokens).half(), tokens,
                                                   [torch.randn(N, 128)])
         image = DeepPromptedVisionEncoder(clip_fp16.visual)(images, torch.randn(N, 128).half(), [torch.randn(N, 128)])
     assert text.dtype == image.dtype == torch.float16

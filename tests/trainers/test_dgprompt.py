@@ -6,9 +6,9 @@ import torch.nn.functional as F
 import trainers  # noqa: F401
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg
-from trainers.deep_prompting import DeepPromptedTextEncoder, DeepPromptedVisionEncoder
+from trainers.deep_prompting import DeepPromptedVisionEncoder
 from trainers.dgprompt import DGPrompt, DGPromptModel, retention_loss
-from trainers.prompting import assemble_prompts, clip_logits, tokenize
+from trainers.prompting import PromptedTextEncoder, assemble_prompts, clip_logits, tokenize
 
 CLASSNAMES = ["face", "leopard", "motorbike"]
 
@@ -47,8 +47,8 @@ def images():
 def ivlp_logits(clip_model, learner, images):
     """IVLP 4+4 deep prompts with the given base prompts, through the shared encoders (77 tokens)."""
     prompts = assemble_prompts(learner.ctx_text[0], learner.token_prefix, learner.token_suffix)
-    text = DeepPromptedTextEncoder(clip_model)(prompts, learner.tokenized_prompts, list(learner.ctx_text[1:]),
-                                               truncate=False)
+    text = PromptedTextEncoder(clip_model)(prompts, learner.tokenized_prompts, list(learner.ctx_text[1:]),
+                                           truncate=False)
     image = DeepPromptedVisionEncoder(clip_model.visual)(images, learner.ctx_vision[0], list(learner.ctx_vision[1:]))
     return clip_logits(image, text, clip_model.logit_scale)
 

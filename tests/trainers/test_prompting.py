@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from engine.clip_loading import load_clip_to_cpu
-from trainers.prompting import (assemble_prompts, build_class_prompts, clip_logits, encode_token_ids,
-                                eot_indices, init_context, PromptedTextEncoder, tokenize)
+from trainers.prompting import (assemble_prompts, build_class_prompts, clip_logits, eot_indices, init_context,
+                                PromptedTextEncoder, tokenize)
 
 CLASSNAMES = ["face", "great_white_shark", "2000 AM General Hummer SUV"]
 
@@ -76,7 +76,7 @@ def test_class_specific_context_is_per_class(clip_model):
 def test_prompted_encoder_equals_clip_encode_text(clip_model):
     tokens = tokenize(["a photo of a face.", "a photo of a great white shark, a type of fish."])
     with torch.no_grad():
-        ours = encode_token_ids(PromptedTextEncoder(clip_model), clip_model.token_embedding, tokens)
+        ours = PromptedTextEncoder(clip_model)(clip_model.token_embedding(tokens), tokens)
         reference = clip_model.encode_text(tokens)  # full 77-token run
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 

@@ -13,7 +13,8 @@ from engine.config import setup_cfg
 from engine.trainer import Batch, build_trainer, set_random_seed
 from tests.helpers.official import make_official_style_checkpoint
 from train import build_parser
-from trainers.promptkd import load_teacher, normalize
+from trainers.promptkd import load_teacher
+from trainers.prompting import normalize
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "trainers")

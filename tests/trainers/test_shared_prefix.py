@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 import trainers  # noqa: F401  (registers every trainer)
-import trainers.deep_prompting
 import trainers.prompting
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg
@@ -21,7 +20,6 @@ from engine.precision import resolve_precision
 from engine.registry import TRAINERS
 from tests.helpers.tiny_clip import TINY_CLIP
 from trainers.coop import CoOpModel
-from trainers.deep_prompting import DeepPromptedTextEncoder
 from trainers.maple import MaPLeModel
 from trainers.promptkd import PromptKD
 from trainers.prompting import (PromptedTextEncoder, SharedPrefix, assemble_prompts, build_class_prompts,
@@ -84,8 +82,7 @@ def count_shared_blocks(monkeypatch):
         return run_block_after_prefix(*args)
 
     run_block_after_prefix = trainers.prompting.run_block_after_prefix
-    for module in (trainers.prompting, trainers.deep_prompting):
-        monkeypatch.setattr(module, "run_block_after_prefix", counted)
+    monkeypatch.setattr(trainers.prompting, "run_block_after_prefix", counted)
     return calls
 
 
@@ -195,7 +192,7 @@ def test_per_group_prefix_with_deep_prompts(clip_model, truncate, monkeypatch):
     prompts = torch.cat([assemble_prompts(ctx, pieces.token_prefix, pieces.token_suffix) for ctx in contexts])
     tokens = pieces.tokenized.repeat(2, 1)
     deep_per_sequence = [None, per_sequence(deep)]  # block 1 keeps its input, block 2 gets new tokens
-    encoder = DeepPromptedTextEncoder(clip_model)
+    encoder = PromptedTextEncoder(clip_model)
     calls = count_shared_blocks(monkeypatch)
     with torch.no_grad():
         plain = encoder(prompts, tokens, deep_per_sequence, truncate=truncate)
