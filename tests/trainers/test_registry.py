@@ -15,7 +15,6 @@ check. Per trainer, on the tiny CLIP with the trainer's own config file:
 """
 import functools
 import os
-import sys
 
 import pytest
 import torch
@@ -23,11 +22,9 @@ import torch
 from engine.checkpoint import load_checkpoint
 from engine.clip_loading import load_clip_to_cpu
 from engine.registry import TRAINERS
-from tests.helpers.cli import REPO
+from tests.conftest import REPO
 from tests.helpers.registered import build, extra_opts, stage1_opts, unique_trainers
-from train import import_trainer_module
 
-EXAMPLE = os.path.join(REPO, "examples", "my_method.py")
 EXAMPLE_CONFIG = os.path.join(REPO, "examples", "MyMethod.yaml")
 # One step: 1 shot of each of the 3 base classes (PromptKD: of all 5) in one batch of at most 4.
 ONE_STEP = ["DATASET.NUM_SHOTS", "1", "TEST.NO_TEST", "True"]
@@ -158,20 +155,9 @@ def test_registered_trainer_round_trip(name, tmp_path, request, stage1_dirs, dat
     check_round_trip(name, tmp_path, request, stage1_dirs, data_root, tiny_clip_path, tiny_opts)
 
 
-@pytest.fixture
-def example_registered(monkeypatch):
-    """examples/my_method.py registered as `--trainer-module` does it, for this test only."""
-    monkeypatch.setattr(TRAINERS, "_entries", dict(TRAINERS._entries))
-    monkeypatch.setattr(TRAINERS, "_config_hooks", list(TRAINERS._config_hooks))
-    monkeypatch.delitem(sys.modules, "my_method", raising=False)
-    import_trainer_module(EXAMPLE)
-    yield "MyMethod"
-    sys.modules.pop("my_method", None)
-
-
-def test_example_trainer_file_is_covered_by_registering_it(example_registered, tmp_path, request, stage1_dirs,
-                                                           data_root, tiny_clip_path, tiny_opts):
+def test_example_trainer_file_is_covered_by_registering_it(example_trainer, tmp_path, request, stage1_dirs, data_root,
+                                                           tiny_clip_path, tiny_opts):
     """A trainer file kept outside the repository: its registration and its config are all the check needs."""
-    assert example_registered in TRAINERS
-    check_round_trip(example_registered, tmp_path, request, stage1_dirs, data_root, tiny_clip_path, tiny_opts,
+    assert example_trainer in TRAINERS
+    check_round_trip(example_trainer, tmp_path, request, stage1_dirs, data_root, tiny_clip_path, tiny_opts,
                      config=EXAMPLE_CONFIG)
