@@ -6,6 +6,7 @@ import pytest
 
 import trainers  # noqa: F401  (registers TRAINER.<M> hooks)
 from engine.config import KEY_ALIASES, add_key_aliases, build_cfg, merge_from_file, merge_from_list, setup_cfg
+from engine.errors import ConfigError
 from engine.registry import DATASETS, Registry, TRAINERS
 from tests.conftest import REPO
 from train import build_parser
@@ -110,3 +111,27 @@ def test_every_shipped_config_merges(path, request):
         return
     assert cfg.OPTIM.NAME == "sgd" and cfg.OPTIM.LR_SCHEDULER == "cosine" and cfg.OPTIM.WARMUP_CONS_LR == 1e-5
     assert tuple(cfg.INPUT.TRANSFORMS) == ("random_resized_crop", "random_flip", "normalize")
+
+
+# ---- Dassl keys accepted but never read, and the refused MODEL.INIT_WEIGHTS -----------------------
+
+def test_unread_dassl_keys_load_and_warn_once_when_set(tmp_path, capsys):
+    yaml_file = tmp_path / "dassl.yaml"
+    yaml_file.write_text("OPTIM:\n  STAGED_LR: True\n")  # and again on the command line: one warning
+    cfg = setup_cfg(args_for(["--config-file", str(yaml_file), "--head", "mlp", "OPTIM.STAGED_LR", "True",
+                              "TEST.COMPUTE_CMAT", "True"]))
+    assert cfg.OPTIM.STAGED_LR and cfg.TEST.COMPUTE_CMAT and cfg.MODEL.HEAD.NAME == "mlp"
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Warning:")]
+    assert warnings == [f"Warning: {key} has no effect here (a Dassl key, accepted so that official configs and "
+                        "scripts load)" for key in ("MODEL.HEAD.NAME 'mlp'", "OPTIM.STAGED_LR True",
+                                                   "TEST.COMPUTE_CMAT True")]
+    defaults_written_out = tmp_path / "defaults.yaml"
+    defaults_written_out.write_text("VERSION: 1\nOPTIM:\n  NEW_LAYERS: []\nTEST:\n  EVALUATOR: Classification\n")
+    setup_cfg(args_for(["--config-file", str(defaults_written_out)]))
+    assert "Warning" not in capsys.readouterr().out
+
+
+def test_init_weights_is_refused_with_what_to_use_instead(tmp_path):
+    assert setup_cfg(args_for(["MODEL.INIT_WEIGHTS", ""])).MODEL.INIT_WEIGHTS == ""
+    with pytest.raises(ConfigError, match=r"MODEL.INIT_WEIGHTS \(w.pth\) is not supported.*--model-dir.*--resume"):
+        setup_cfg(args_for(["MODEL.INIT_WEIGHTS", "w.pth"]))
