@@ -25,6 +25,25 @@ def add_key_aliases(mapping):
     KEY_ALIASES.update(mapping)
 
 
+# ---- Dassl keys accepted but never read ------------------------------------------------------------
+# Accepted so that official config files and scripts load; they have no effect here. Set to another
+# value (YAML, flag or trailing option), each prints a warning (`check_dassl_keys`).
+DASSL_KEYS_WITHOUT_EFFECT = {
+    "VERSION": 1,
+    "VERBOSE": True,
+    "DATASET.SOURCE_DOMAINS": (),  # --source-domains (Dassl's domain-adaptation datasets)
+    "DATASET.TARGET_DOMAINS": (),  # --target-domains
+    "MODEL.BACKBONE.PRETRAINED": True,  # CLIP is always built from its released weights
+    "MODEL.HEAD.NAME": "",  # --head
+    "OPTIM.STAGED_LR": False,  # per-layer learning rates of Dassl's own networks
+    "OPTIM.NEW_LAYERS": (),
+    "OPTIM.BASE_LR_MULT": 0.1,
+    "TRAIN.COUNT_ITER": "train_x",  # Dassl's semi-supervised loops
+    "TEST.EVALUATOR": "Classification",  # the only evaluator
+    "TEST.COMPUTE_CMAT": False,  # Dassl's confusion-matrix file
+}
+
+
 def get_cfg_default():
     """Dassl's defaults for every key these trainers use."""
     _C = CN()
@@ -107,37 +126,25 @@ def get_cfg_default():
     _C.TRAINER = CN()
     _C.TRAINER.NAME = ""
 
-    # ---- Dassl keys accepted but never read -----------------------------------------------------
-    # Accepted so that official config files and scripts load; they have no effect here. Set to
-    # another value (YAML, flag or trailing option), each prints a warning (`check_dassl_keys`).
-    _C.VERSION = 1
-    _C.VERBOSE = True
-    _C.DATASET.SOURCE_DOMAINS = ()  # --source-domains (Dassl's domain-generalisation datasets)
-    _C.DATASET.TARGET_DOMAINS = ()  # --target-domains
-    _C.MODEL.BACKBONE.PRETRAINED = True  # CLIP is always built from its released weights
-    _C.MODEL.HEAD = CN()
-    _C.MODEL.HEAD.NAME = ""  # --head
-    _C.OPTIM.STAGED_LR = False  # per-layer learning rates of Dassl's own networks
-    _C.OPTIM.NEW_LAYERS = ()
-    _C.OPTIM.BASE_LR_MULT = 0.1
-    _C.TRAIN.COUNT_ITER = "train_x"  # Dassl's semi-supervised loops
-    _C.TEST.EVALUATOR = "Classification"  # the only evaluator
-    _C.TEST.COMPUTE_CMAT = False  # Dassl's confusion matrix file
-    # Refused when set (`check_dassl_keys`): Dassl loads it into its own networks, which these
-    # methods replace with CLIP, so it would silently do nothing (the official code ignores it too).
+    for key, default in DASSL_KEYS_WITHOUT_EFFECT.items():
+        _set_default(_C, key, default)
+    # Refused when set (`check_dassl_keys`): Dassl loads it into its own network, which these methods
+    # replace with CLIP, so it would silently do nothing (the official CoOp-family code ignores it too).
     _C.MODEL.INIT_WEIGHTS = ""
     return _C
 
 
-INERT_DASSL_KEYS = ("VERSION", "VERBOSE", "DATASET.SOURCE_DOMAINS", "DATASET.TARGET_DOMAINS",
-                    "MODEL.BACKBONE.PRETRAINED", "MODEL.HEAD.NAME", "OPTIM.STAGED_LR", "OPTIM.NEW_LAYERS",
-                    "OPTIM.BASE_LR_MULT", "TRAIN.COUNT_ITER", "TEST.EVALUATOR", "TEST.COMPUTE_CMAT")
+def _set_default(cfg, key, value):
+    *parents, leaf = key.split(".")
+    for part in parents:
+        cfg = cfg.setdefault(part, CN())
+    cfg[leaf] = value
 
 
 def _value(cfg, key):
     for part in key.split("."):
         cfg = cfg[part]
-    return tuple(cfg) if isinstance(cfg, list) else cfg  # a YAML list and a tuple default compare equal
+    return cfg
 
 
 def check_dassl_keys(cfg):
@@ -147,10 +154,10 @@ def check_dassl_keys(cfg):
             f"MODEL.INIT_WEIGHTS ({cfg.MODEL.INIT_WEIGHTS}) is not supported: Dassl loads it into its own network, "
             "which these methods replace with CLIP. To evaluate a trained run pass --model-dir (its output folder) "
             "with --eval-only; to continue one, --resume DIR; CLIP's weights are MODEL.BACKBONE.NAME (--backbone)")
-    defaults = get_cfg_default()
-    for key in INERT_DASSL_KEYS:
-        if _value(cfg, key) != _value(defaults, key):
-            print(f"Warning: {key} {_value(cfg, key)!r} has no effect here (a Dassl key, accepted so that official "
+    for key, default in DASSL_KEYS_WITHOUT_EFFECT.items():
+        value = _value(cfg, key)
+        if (tuple(value) if isinstance(value, list) else value) != default:  # a YAML list and a tuple default agree
+            print(f"Warning: {key} {value!r} has no effect here (a Dassl key, accepted so that official "
                   "configs and scripts load)")
 
 
