@@ -47,7 +47,8 @@ def selected_run(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
     """3 epochs, a checkpoint every 2, the epoch selected on val, per-class results."""
     out = tmp_path_factory.mktemp("coop") / "selected"
     run(data_root, tiny_clip_path, tiny_opts, out, opts=["OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "2",
-                                                         "TEST.FINAL_MODEL", "best_val", "TEST.PER_CLASS_RESULT", "True"])
+                                                         "TEST.FINAL_MODEL", "best_val",
+                                                         "TEST.PER_CLASS_RESULT", "True"])
     return out
 
 
