@@ -25,15 +25,32 @@ def add_key_aliases(mapping):
     KEY_ALIASES.update(mapping)
 
 
+# ---- Dassl keys accepted but never read ------------------------------------------------------------
+# Accepted so that official config files and scripts load; they have no effect here. Set to another
+# value (YAML, flag or trailing option), each prints a warning (`check_dassl_keys`).
+DASSL_KEYS_WITHOUT_EFFECT = {
+    "VERSION": 1,
+    "VERBOSE": True,
+    "DATASET.SOURCE_DOMAINS": (),  # --source-domains (Dassl's domain-adaptation datasets)
+    "DATASET.TARGET_DOMAINS": (),  # --target-domains
+    "MODEL.BACKBONE.PRETRAINED": True,  # CLIP is always built from its released weights
+    "MODEL.HEAD.NAME": "",  # --head
+    "OPTIM.STAGED_LR": False,  # per-layer learning rates of Dassl's own networks
+    "OPTIM.NEW_LAYERS": (),
+    "OPTIM.BASE_LR_MULT": 0.1,
+    "TRAIN.COUNT_ITER": "train_x",  # Dassl's semi-supervised loops
+    "TEST.EVALUATOR": "Classification",  # the only evaluator
+    "TEST.COMPUTE_CMAT": False,  # Dassl's confusion-matrix file
+}
+
+
 def get_cfg_default():
     """Dassl's defaults for every key these trainers use."""
     _C = CN()
-    _C.VERSION = 1
     _C.OUTPUT_DIR = "./output"
     _C.RESUME = ""
     _C.SEED = -1
     _C.USE_CUDA = True
-    _C.VERBOSE = True
 
     _C.INPUT = CN()
     _C.INPUT.SIZE = (224, 224)
@@ -54,8 +71,6 @@ def get_cfg_default():
 
     _C.DATASET = CN()
     _C.DATASET.ROOT = ""
-    _C.DATASET.SOURCE_DOMAINS = ()
-    _C.DATASET.TARGET_DOMAINS = ()
     _C.DATASET.NAME = ""
     _C.DATASET.NUM_SHOTS = -1
     _C.DATASET.SUBSAMPLE_CLASSES = "all"  # all | base | new
@@ -73,12 +88,8 @@ def get_cfg_default():
     _C.DATALOADER.TEST.BATCH_SIZE = 32
 
     _C.MODEL = CN()
-    _C.MODEL.INIT_WEIGHTS = ""
     _C.MODEL.BACKBONE = CN()
     _C.MODEL.BACKBONE.NAME = ""  # CLIP name (e.g. ViT-B/16) or path to an OpenAI-format checkpoint
-    _C.MODEL.BACKBONE.PRETRAINED = True
-    _C.MODEL.HEAD = CN()
-    _C.MODEL.HEAD.NAME = ""
 
     _C.OPTIM = CN()
     _C.OPTIM.NAME = "adam"
@@ -90,9 +101,6 @@ def get_cfg_default():
     _C.OPTIM.RMSPROP_ALPHA = 0.99
     _C.OPTIM.ADAM_BETA1 = 0.9
     _C.OPTIM.ADAM_BETA2 = 0.999
-    _C.OPTIM.STAGED_LR = False
-    _C.OPTIM.NEW_LAYERS = ()
-    _C.OPTIM.BASE_LR_MULT = 0.1
     _C.OPTIM.LR_SCHEDULER = "single_step"
     _C.OPTIM.STEPSIZE = (-1,)
     _C.OPTIM.GAMMA = 0.1
@@ -106,12 +114,9 @@ def get_cfg_default():
     _C.TRAIN = CN()
     _C.TRAIN.CHECKPOINT_FREQ = 0
     _C.TRAIN.PRINT_FREQ = 10
-    _C.TRAIN.COUNT_ITER = "train_x"
 
     _C.TEST = CN()
-    _C.TEST.EVALUATOR = "Classification"
     _C.TEST.PER_CLASS_RESULT = False
-    _C.TEST.COMPUTE_CMAT = False
     _C.TEST.NO_TEST = False
     _C.TEST.SPLIT = "test"
     _C.TEST.FINAL_MODEL = "last_step"
@@ -120,7 +125,40 @@ def get_cfg_default():
 
     _C.TRAINER = CN()
     _C.TRAINER.NAME = ""
+
+    for key, default in DASSL_KEYS_WITHOUT_EFFECT.items():
+        _set_default(_C, key, default)
+    # Refused when set (`check_dassl_keys`): Dassl loads it into its own network, which these methods
+    # replace with CLIP, so it would silently do nothing (the official CoOp-family code ignores it too).
+    _C.MODEL.INIT_WEIGHTS = ""
     return _C
+
+
+def _set_default(cfg, key, value):
+    *parents, leaf = key.split(".")
+    for part in parents:
+        cfg = cfg.setdefault(part, CN())
+    cfg[leaf] = value
+
+
+def _value(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def check_dassl_keys(cfg):
+    """Warn once for each accepted-but-unread Dassl key set to another value; refuse MODEL.INIT_WEIGHTS."""
+    if cfg.MODEL.INIT_WEIGHTS:
+        raise ConfigError(
+            f"MODEL.INIT_WEIGHTS ({cfg.MODEL.INIT_WEIGHTS}) is not supported: Dassl loads it into its own network, "
+            "which these methods replace with CLIP. To evaluate a trained run pass --model-dir (its output folder) "
+            "with --eval-only; to continue one, --resume DIR; CLIP's weights are MODEL.BACKBONE.NAME (--backbone)")
+    for key, default in DASSL_KEYS_WITHOUT_EFFECT.items():
+        value = _value(cfg, key)
+        if (tuple(value) if isinstance(value, list) else value) != default:  # a YAML list and a tuple default agree
+            print(f"Warning: {key} {value!r} has no effect here (a Dassl key, accepted so that official "
+                  "configs and scripts load)")
 
 
 def _flatten(node, prefix=""):
@@ -264,5 +302,6 @@ def setup_cfg(args):
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
     merge_from_list(cfg, args.opts)
+    check_dassl_keys(cfg)
     cfg.freeze()
     return cfg

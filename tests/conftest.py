@@ -1,4 +1,4 @@
-"""Shared test fixtures: a tiny OpenAI-format CLIP and synthetic dataset roots."""
+"""Shared test fixtures: a tiny OpenAI-format CLIP, synthetic dataset roots, the example trainer file."""
 import os
 import sys
 
@@ -72,3 +72,22 @@ def promptkd_teacher(data_root, promptkd_clips, tmp_path_factory):
     run_train(data_root, promptkd_clips[1], list(TINY_OPTS), TEACHER_TRAINER, TEACHER_CONFIG, out,
               opts=["OPTIM.MAX_EPOCH", "1", "DATASET.SUBSAMPLE_CLASSES", "base"])
     return str(out)
+
+
+EXAMPLE_TRAINER = os.path.join(REPO, "examples", "my_method.py")  # registers MyMethod (config examples/MyMethod.yaml)
+
+
+@pytest.fixture
+def example_trainer(monkeypatch):
+    """The name of the trainer examples/my_method.py registers, loaded as `--trainer-module` loads it, for
+    this test only (other tests see the registry without it)."""
+    from engine.registry import TRAINERS
+    from train import import_trainer_module
+
+    monkeypatch.setattr(TRAINERS, "_entries", dict(TRAINERS._entries))
+    monkeypatch.setattr(TRAINERS, "_config_hooks", list(TRAINERS._config_hooks))
+    module = os.path.splitext(os.path.basename(EXAMPLE_TRAINER))[0]
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    import_trainer_module(EXAMPLE_TRAINER)
+    yield "MyMethod"
+    sys.modules.pop(module, None)

@@ -2,11 +2,12 @@
 import glob
 import json
 import os
+import re
 
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import checkpoint_epochs, load_checkpoint
 from engine.errors import DatasetError
 from engine.trainer import TrainerBase
 from tests.helpers.cli import read_results, run_train
@@ -39,6 +40,49 @@ def test_training_writes_checkpoint_log_and_results(base_run):
     results = read_results(base_run)
     assert results["subsample"] == "base" and results["num_classes"] == 3 and results["total"] == 6
     assert f"* correct: {results['correct']}" in tail
+
+
+@pytest.fixture(scope="module")
+def selected_run(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
+    """3 epochs, a checkpoint every 2, the epoch selected on val, per-class results."""
+    out = tmp_path_factory.mktemp("coop") / "selected"
+    run(data_root, tiny_clip_path, tiny_opts, out, opts=["OPTIM.MAX_EPOCH", "3", "TRAIN.CHECKPOINT_FREQ", "2",
+                                                         "TEST.FINAL_MODEL", "best_val",
+                                                         "TEST.PER_CLASS_RESULT", "True"])
+    return out
+
+
+def test_checkpoint_freq_adds_periodic_checkpoints(base_run, selected_run):
+    assert checkpoint_epochs(str(base_run / "prompt_learner")) == [2]  # default 0: the last epoch only
+    assert checkpoint_epochs(str(selected_run / "prompt_learner")) == [2, 3]  # every 2 epochs, and the last
+
+
+def test_best_val_deploys_the_first_epoch_with_the_best_val_accuracy(selected_run):
+    log = (selected_run / "log.txt").read_text()
+    val_blocks = log.split("Evaluate on the *val* set")[1:]
+    val_accuracies = [float(re.search(r"\* accuracy: ([\d.]+)%", block).group(1)) for block in val_blocks]
+    assert len(val_accuracies) == 3  # after every epoch
+    best = load_checkpoint(str(selected_run / "prompt_learner" / "model-best.pth.tar"))
+    assert best["epoch"] == 1 + val_accuracies.index(max(val_accuracies))  # saved only on a strict improvement
+    assert best["val_result"] == pytest.approx(max(val_accuracies), abs=0.005)
+    tail = log[log.index("Finish training"):]
+    assert "Deploy the model with the best val performance" in tail and "Evaluate on the *test* set" in tail
+    results = read_results(selected_run)
+    assert results["split"] == "test" and results["epoch"] == best["epoch"]
+    assert results["selected_epoch"] == best["epoch"] and results["selected_on_test"] is False
+
+
+def test_per_class_result_lists_each_class_and_their_mean(selected_run):
+    log = (selected_run / "log.txt").read_text()
+    final = log[log.index("Evaluate on the *test* set"):]
+    rows = re.findall(r"\* class: (\d+) \((.*)\)\ttotal: (\d+)\tcorrect: (\d+)\tacc: ([\d.]+)%", final)
+    assert [(label, name, total) for label, name, total, _, _ in rows] == [
+        ("0", "face", "2"), ("1", "leopard", "2"), ("2", "motorbike", "2")]  # 2 test images per base class
+    results = read_results(selected_run)
+    assert sum(int(correct) for *_, correct, _ in rows) == results["correct"]
+    mean = sum(float(acc) for *_, acc in rows) / len(rows)
+    assert results["perclass_accuracy"] == pytest.approx(mean, abs=0.01)
+    assert f"* average: {results['perclass_accuracy']:.2f}%" in final
 
 
 def test_new_classes_evaluate_from_the_base_checkpoint(base_run, data_root, tiny_clip_path, tiny_opts, tmp_path):

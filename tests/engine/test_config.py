@@ -1,11 +1,19 @@
-"""Config merge order, yacs strictness and clear errors for bad keys and names."""
+"""Config merge order, yacs strictness, clear errors for bad keys and names; every shipped config merges."""
+import glob
+import os
 
 import pytest
 
 import trainers  # noqa: F401  (registers TRAINER.<M> hooks)
 from engine.config import KEY_ALIASES, add_key_aliases, build_cfg, merge_from_file, merge_from_list, setup_cfg
-from engine.registry import Registry, TRAINERS
+from engine.errors import ConfigError
+from engine.registry import DATASETS, Registry, TRAINERS
+from tests.conftest import REPO
 from train import build_parser
+
+CONFIGS = os.path.join(REPO, "configs")
+SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "**", "*.yaml"), recursive=True)
+                         + glob.glob(os.path.join(REPO, "examples", "*.yaml")))
 
 
 def args_for(argv):
@@ -83,3 +91,47 @@ def test_registry_unknown_name_suggests_closest():
     assert registry.get("B") is object
     with pytest.raises(KeyError, match="registered twice"):
         registry.register("A")(int)
+
+
+def test_every_config_folder_is_walked():
+    folders = {os.path.relpath(os.path.dirname(p), REPO) for p in SHIPPED_CONFIGS}
+    assert {"configs/datasets", "configs/trainers/CoOp", "configs/trainers/DPC/CoOp", "configs/trainers/DPC/PromptKD",
+            "examples"} <= folders
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+def test_every_shipped_config_merges(path, request):
+    """Into the defaults with every trainer's node (the example's too): an unknown key or a bad value fails."""
+    if os.path.relpath(path, REPO).startswith("examples"):
+        request.getfixturevalue("example_trainer")  # its TRAINER.MYMETHOD node
+    cfg = build_cfg()
+    merge_from_file(cfg, path)
+    if os.path.dirname(path) == os.path.join(CONFIGS, "datasets"):
+        assert cfg.DATASET.NAME in DATASETS
+        return
+    assert cfg.OPTIM.NAME == "sgd" and cfg.OPTIM.LR_SCHEDULER == "cosine" and cfg.OPTIM.WARMUP_CONS_LR == 1e-5
+    assert tuple(cfg.INPUT.TRANSFORMS) == ("random_resized_crop", "random_flip", "normalize")
+
+
+# ---- Dassl keys accepted but never read, and the refused MODEL.INIT_WEIGHTS -----------------------
+
+def test_unread_dassl_keys_load_and_warn_once_when_set(tmp_path, capsys):
+    yaml_file = tmp_path / "dassl.yaml"
+    yaml_file.write_text("OPTIM:\n  STAGED_LR: True\n")  # and again on the command line: one warning
+    cfg = setup_cfg(args_for(["--config-file", str(yaml_file), "--head", "mlp", "OPTIM.STAGED_LR", "True",
+                              "TEST.COMPUTE_CMAT", "True"]))
+    assert cfg.OPTIM.STAGED_LR and cfg.TEST.COMPUTE_CMAT and cfg.MODEL.HEAD.NAME == "mlp"
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Warning:")]
+    assert warnings == [f"Warning: {key} has no effect here (a Dassl key, accepted so that official configs and "
+                        "scripts load)" for key in ("MODEL.HEAD.NAME 'mlp'", "OPTIM.STAGED_LR True",
+                                                   "TEST.COMPUTE_CMAT True")]
+    defaults_written_out = tmp_path / "defaults.yaml"
+    defaults_written_out.write_text("VERSION: 1\nOPTIM:\n  NEW_LAYERS: []\nTEST:\n  EVALUATOR: Classification\n")
+    setup_cfg(args_for(["--config-file", str(defaults_written_out)]))
+    assert "Warning" not in capsys.readouterr().out
+
+
+def test_init_weights_is_refused_with_what_to_use_instead(tmp_path):
+    assert setup_cfg(args_for(["MODEL.INIT_WEIGHTS", ""])).MODEL.INIT_WEIGHTS == ""
+    with pytest.raises(ConfigError, match=r"MODEL.INIT_WEIGHTS \(w.pth\) is not supported.*--model-dir.*--resume"):
+        setup_cfg(args_for(["MODEL.INIT_WEIGHTS", "w.pth"]))

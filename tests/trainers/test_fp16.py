@@ -2,7 +2,8 @@
 
 On a CPU, PREC fp16 normally falls back to fp32; the test-only switch `TRAIN_TEST_CPU_FP16=1`
 keeps it. The trainers are taken from the registry, so a trainer added later is covered too:
-if it needs more than its paper config to run on the tiny CLIP, add it to `EXTRA_SETUP`.
+if it needs more than its paper config to run on the tiny CLIP, add it to `EXTRA_SETUP`
+(tests/helpers/registered.py).
 """
 import math
 import os
@@ -11,69 +12,8 @@ import pytest
 import torch
 
 from engine.checkpoint import load_checkpoint
-from engine.config import setup_cfg
 from engine.precision import TEST_CPU_FP16_ENV
-from engine.registry import TRAINERS
-from engine.trainer import build_trainer, set_random_seed
-from scripts.methods import METHODS, default_config_file
-from tests.helpers.cli import REPO
-from tests.helpers.tiny_clip import TINY_CLIP
-from train import build_parser
-from trainers.dpc import DPCMixin
-
-TINY_LAYERS = min(TINY_CLIP["vision_layers"], TINY_CLIP["transformer_layers"])
-
-def promptkd_teacher_opts(request):
-    """PromptKD's teacher: a PromptSRC run on the wider tiny teacher CLIP (tests/conftest.py)."""
-    return ["TRAINER.PROMPTKD.TEACHER_NAME", request.getfixturevalue("promptkd_clips")[1],
-            "TRAINER.PROMPTKD.TEACHER_CKPT", request.getfixturevalue("promptkd_teacher")]
-
-
-# name -> function(pytest request) returning extra KEY VALUE options, for trainers (and the DPC
-# plug-ins on them) whose paper config alone cannot run here (e.g. one that needs a teacher checkpoint).
-EXTRA_SETUP = {"PromptKD": promptkd_teacher_opts, "DPC_PromptKD": promptkd_teacher_opts}
-
-
-def unique_trainers():
-    """Registered names, one per class (aliases dropped), backbones before the DPC plug-ins."""
-    seen, names = set(), []
-    for name in TRAINERS.names():
-        cls = TRAINERS.get(name)
-        if cls not in seen:
-            seen.add(cls)
-            names.append(name)
-    return sorted(names, key=lambda n: issubclass(TRAINERS.get(n), DPCMixin))
-
-
-def backbone_of(cls):
-    """The registered trainer a DPC plug-in wraps (`class DPC_X(DPCMixin, X)` -> 'X')."""
-    base = next(b for b in cls.__bases__ if b is not DPCMixin)
-    return next(n for n in TRAINERS.names() if TRAINERS.get(n) is base)
-
-
-def config_file(name):
-    entry = METHODS.get(name)
-    return default_config_file(name, entry) if entry and entry.config else ""
-
-
-def build(name, data_root, tiny_clip_path, tiny_opts, output_dir, opts=()):
-    argv = ["--root", data_root, "--seed", "1", "--trainer", name, "--backbone", tiny_clip_path,
-            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "caltech101.yaml"),
-            "--output-dir", str(output_dir)]
-    if config_file(name):
-        argv += ["--config-file", config_file(name)]
-    args = build_parser().parse_args([*argv, *tiny_opts, "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1",
-                                      "DATASET.SUBSAMPLE_CLASSES", "base", *opts])
-    cfg = setup_cfg(args)
-    # prompt depths of the paper configs (9, 12) exceed the tiny CLIP's layers
-    deep = [(f"TRAINER.{node}.{key}", value) for node, keys in cfg.TRAINER.items() if isinstance(keys, dict)
-            for key, value in keys.items() if "DEPTH" in key and isinstance(value, int) and value > TINY_LAYERS]
-    if deep:
-        cfg.defrost()
-        cfg.merge_from_list([item for key, _ in deep for item in (key, TINY_LAYERS - 1)])
-        cfg.freeze()
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
+from tests.helpers.registered import build, extra_opts, stage1_opts, unique_trainers
 
 
 @pytest.fixture(scope="module")
@@ -87,22 +27,16 @@ def fp16_on_cpu():
         os.environ[TEST_CPU_FP16_ENV] = previous
 
 
-@pytest.fixture(scope="module")
-def stage1_dirs():
-    return {}
-
-
 @pytest.mark.parametrize("name", unique_trainers())
 def test_trainer_trains_and_evaluates_in_fp16(name, fp16_on_cpu, stage1_dirs, data_root, tiny_clip_path, tiny_opts,
                                               tmp_path, request):
-    cls = TRAINERS.get(name)
-    opts = list(EXTRA_SETUP[name](request)) if name in EXTRA_SETUP else []
-    if issubclass(cls, DPCMixin):
-        backbone = backbone_of(cls)
-        if backbone not in stage1_dirs:  # normally trained by its own test, which runs first
-            build(backbone, data_root, tiny_clip_path, tiny_opts, tmp_path / backbone, opts).train()
-            stage1_dirs[backbone] = str(tmp_path / backbone)
-        opts += ["TRAINER.DPC.BACKBONE_DIR", stage1_dirs[backbone]]
+    opts = extra_opts(name, request)
+
+    def train_backbone(backbone):
+        build(backbone, data_root, tiny_clip_path, tiny_opts, tmp_path / backbone, opts).train()
+        return str(tmp_path / backbone)
+
+    opts += stage1_opts(name, stage1_dirs, train_backbone)
     trainer = build(name, data_root, tiny_clip_path, tiny_opts, tmp_path / name, opts)
     assert trainer.precision.name == "fp16"
     clip_weight = trainer.model.logit_scale if hasattr(trainer.model, "logit_scale") else None

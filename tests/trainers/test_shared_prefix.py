@@ -18,6 +18,7 @@ from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg
 from engine.precision import resolve_precision
 from engine.registry import TRAINERS
+from tests.helpers.registered import unique_trainers
 from tests.helpers.tiny_clip import TINY_CLIP
 from trainers.coop import CoOpModel
 from trainers.maple import MaPLeModel
@@ -30,14 +31,6 @@ TINY_LAYERS = TINY_CLIP["transformer_layers"]
 # Trainers whose text prompts have a shared prefix: the fast path must actually run for them.
 SHARES_PREFIX = {"CoOp", "KgCoOp", "MaPLe", "DGPrompt", "IVLP", "PromptSRC", "PromptKD", "DPC_CoOp", "DPC_KgCoOp",
                  "DPC_MaPLe", "DPC_DGPrompt", "DPC_IVLP", "DPC_PromptSRC", "DPC_PromptKD"}
-
-
-def registered_trainers():
-    """One name per registered trainer class (aliases dropped)."""
-    names = {}
-    for name in TRAINERS.names():
-        names.setdefault(TRAINERS.get(name), name)
-    return sorted(names.values())
 
 
 def build_trainer(name, clip_model, request):
@@ -103,7 +96,7 @@ def train_and_eval(trainer, images, share):
     return logits.detach(), grads, text_features, eval_logits
 
 
-@pytest.mark.parametrize("name", registered_trainers())
+@pytest.mark.parametrize("name", unique_trainers())
 def test_shared_prefix_equals_the_plain_encoder(name, clip_fp32, monkeypatch, request):
     trainer = build_trainer(name, clip_fp32, request)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
