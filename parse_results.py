@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import yaml
 from tabulate import tabulate
 
-from benchmarks.paper_numbers import paper_result
+from scripts.paper_numbers import paper_result
 from scripts.methods import DATASETS, label
 
 TRAIN_SIGNALS = ("Finish training", "Finished training")  # Dassl >= 0.6.1, and the older spelling

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 import parse_results as base
-from benchmarks.protocol_paper_numbers import paper_table
+from scripts.protocol_paper_numbers import paper_table
 from scripts.methods import DATASETS, DG_TARGETS, VARIANTS, XD_SOURCE, XD_TARGETS, label
 
 SHOTS_FOLDER = re.compile(r"^(.+)_(\d+)shots$")

@@ -2,7 +2,7 @@
 
 A recipe names a paper's table, its protocol, its datasets and seeds, and its rows (methods, each with
 a config, or the run folder it reads) with a reference into the published-number tables
-(`benchmarks/paper_numbers.py`, `benchmarks/protocol_paper_numbers.py`). Read by
+(`scripts/paper_numbers.py`, `scripts/protocol_paper_numbers.py`). Read by
 `scripts/launch.py --recipe NAME` (run / price the table) and `parse_results.py --recipe NAME`
 (print it beside the paper's numbers). Configs come from `scripts/methods.py`; nothing is copied here.
 
@@ -16,7 +16,8 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from benchmarks import cost_estimates, paper_numbers, protocol_paper_numbers
+from benchmarks import cost_estimates
+from scripts import paper_numbers, protocol_paper_numbers
 from scripts.methods import (DATASETS, DG_TARGETS, FEWSHOT_SHOTS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
                              GridError, Run, dataset_size, label, parse_method, protocol_grid, resolve)
 

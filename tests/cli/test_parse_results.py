@@ -8,7 +8,7 @@ import os
 import pytest
 
 import parse_results
-from benchmarks.paper_numbers import PAPER
+from scripts.paper_numbers import PAPER
 
 HEADER = ["***************", "** Arguments **", "Loading trainer: CoOp"]
 

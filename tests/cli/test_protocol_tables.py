@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import parse_results
-from benchmarks.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
+from scripts.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
 from scripts.methods import DATASETS, DG_TARGETS, XD_TARGETS
 from tests.helpers.official import official_parse_test_res
 

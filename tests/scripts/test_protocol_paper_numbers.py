@@ -2,7 +2,7 @@
 published average is the mean of its rows (11 datasets; 10 targets or 4 variants, ImageNet left out)."""
 import pytest
 
-from benchmarks.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
+from scripts.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
 from scripts.methods import DATASETS, DG_TARGETS, METHODS, XD_TARGETS
 
 
