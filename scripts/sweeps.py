@@ -13,6 +13,7 @@ A run is locked while it runs (`flock` on a hidden `.<run folder>.lock` beside i
 reads the same lock), so a second caller waits, then finds it done.
 """
 import fcntl
+import itertools
 import os
 import re
 import subprocess
@@ -24,8 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from scripts.methods import (DPC_STAGE1, XD_SOURCE, DPCStage1, GridError, parse_method, protocol_grid,  # noqa: E402
-                             resolve, resolve_fewshot, resolve_xd, split_list)
+from scripts.methods import (DPC_STAGE1, METHODS, XD_SOURCE, DPCStage1, GridError, parse_method,  # noqa: E402
+                             protocol_grid, resolve, resolve_fewshot, resolve_xd, split_list)
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*\.")  # an optional positional argument vs. the first KEY (OPTIM.LR)
 SCRIPT_KEYS = ("DATASET.NUM_SHOTS", "DATASET.SUBSAMPLE_CLASSES")  # set by the scripts themselves
@@ -120,6 +121,14 @@ def run_lock(run_dir):
         yield lock
 
 
+def resolved(script, code, resolver, *args):
+    """`resolver(*args)`; its GridError stops the script with `code`, as `<script>: <error>`."""
+    try:
+        return resolver(*args)
+    except GridError as err:
+        raise Stop(f"{script}: {err}", code) from None
+
+
 def finished(run_dir):
     return os.path.isfile(os.path.join(run_dir, "results.json"))
 
@@ -136,10 +145,7 @@ def base2new(env, method, dataset, seed, cfg="", extra=()):
     dataset_config = os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")
     if not os.path.isfile(dataset_config):
         raise Stop(f"base2new.sh: unknown dataset '{dataset}' (no {dataset_config})", 2)
-    try:
-        run = resolve(method, dataset, seed, cfg, env.output, env.shots or None, env.tag)
-    except GridError as err:
-        raise Stop(f"base2new.sh: {err}", 1) from None
+    run = resolved("base2new.sh", 1, resolve, method, dataset, seed, cfg, env.output, env.shots or None, env.tag)
     if env.phase not in ("both", "train", "test"):
         raise Stop(f"base2new.sh: PHASE must be both, train or test (got '{env.phase}')", 2)
     with run_lock(run.train_dir) as lock:
@@ -189,11 +195,8 @@ def dpc(env, backbone, dataset, seed, extra=()):
     stage1_dir = resolve(backbone, dataset, seed, stage1_cfg, env.output, stage1_env.shots, stage1_env.tag).train_dir
 
     trainer = f"DPC_{backbone}"
-    cfg = env.cfg or ("vit_b16_c2_ep20_batch4_4+4ctx" if backbone == "PromptKD" else "vit_b16_ep20")
-    try:
-        run = resolve(trainer, dataset, seed, cfg, env.output, shots, env.tag)
-    except GridError as err:
-        raise Stop(f"base2new.sh: {err}", 1) from None
+    cfg = env.cfg or (METHODS[trainer].config if trainer in METHODS else "vit_b16_ep20")
+    run = resolved("base2new.sh", 1, resolve, trainer, dataset, seed, cfg, env.output, shots, env.tag)
     env = replace(env, shots=shots)
     common = ["--root", env.data, "--seed", str(seed), "--trainer", trainer, "--dataset-config-file",
               os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml"), "--config-file", run.config_file,
@@ -223,16 +226,16 @@ def sweep(env, methods, datasets, seeds, extra=()):
     """A base-to-new grid, one run after another (each through base2new.sh); a failed run does not stop it."""
     methods, datasets, seeds = axis("methods", methods), axis("datasets", datasets), axis("seeds", seeds)
     failed, total, count = [], len(methods) * len(datasets) * len(seeds), 0
-    for spec in methods:
-        method, cfg = parse_method(spec)
+    for item in methods:
+        method, cfg = parse_method(item)
         for dataset in datasets:
             for seed in seeds:
                 count += 1
-                say(f"=== [{count}/{total}] {spec} {dataset} seed {seed}")
+                say(f"=== [{count}/{total}] {item} {dataset} seed {seed}")
                 command = ["bash", os.path.join(REPO, SCRIPTS["base2new"]), method, dataset, seed,
-                           *([cfg] if ":" in spec else []), *extra]
+                           *([cfg] if ":" in item else []), *extra]
                 if subprocess.call(command) != 0:
-                    failed.append(f"{spec} {dataset} seed {seed}")
+                    failed.append(f"{item} {dataset} seed {seed}")
     return summary("sweep", total, failed)
 
 
@@ -263,10 +266,8 @@ def spec(method, cfg):
 # ----------------------------------------------------------------------------------------------
 def fewshot(env, methods, datasets, seeds, shots="all", extra=()):
     """A few-shot grid (checked before anything runs); a failed run does not stop the others."""
-    try:
-        runs = protocol_grid("fewshot", methods, datasets, seeds, shots or None, env.output, env.tag)
-    except GridError as err:
-        raise Stop(f"fewshot: {err}", 2) from None
+    runs = resolved("fewshot", 2, protocol_grid, "fewshot", methods, datasets, seeds, shots or None, env.output,
+                    env.tag)
     if not runs:
         raise Stop("fewshot.sh: empty grid", 2)
     failed = []
@@ -280,10 +281,7 @@ def fewshot(env, methods, datasets, seeds, shots="all", extra=()):
 
 
 def fewshot_run(env, method, cfg, dataset, shots, seed, extra):
-    try:
-        run = resolve_fewshot(method, dataset, shots, seed, cfg, env.output, env.tag)
-    except GridError as err:
-        raise Stop(f"fewshot: {err}", 1) from None
+    run = resolved("fewshot", 1, resolve_fewshot, method, dataset, shots, seed, cfg, env.output, env.tag)
     with run_lock(run.run_dir):
         if finished(run.run_dir):
             say(f"Done already: {run.name} ({run.run_dir})")
@@ -315,43 +313,35 @@ def xd(env, methods, seeds, targets="all", extra=()):
     if env.phase == "train":
         targets = "none"
     env = replace(env, shots=env.shots or "16")
-    try:
-        runs = protocol_grid("xd", methods, targets, seeds, env.shots, env.output, env.tag, tuple(extra))
-    except GridError as err:
-        raise Stop(f"xd: {err}", 2) from None
+    runs = resolved("xd", 2, protocol_grid, "xd", methods, targets, seeds, env.shots, env.output, env.tag, tuple(extra))
     if not runs:
         raise Stop("xd.sh: empty grid", 2)
-    failed, count, index = [], 0, 0
-    while index < len(runs):
-        job = runs[index]
-        if not job.is_target:
-            count += 1
-            name = f"{spec(job.method, job.cfg_arg)} source (imagenet) seed {job.seed}"
-            say(f"=== [{count}/{len(runs)}] xd {name}")
-            status = attempt(xd_source, env, job.method, job.cfg_arg, job.seed, extra)
-            if status:
-                failed.append(f"{name} (exit {status})")
-            index += 1
+    failed, count = [], 0
+    by_source = lambda run: (run.is_target, run.method, run.cfg_arg, run.seed)  # noqa: E731
+    for (is_target, method, cfg, seed), group in itertools.groupby(runs, key=by_source):
+        group = list(group)
+        if not is_target:
+            for job in group:
+                count += 1
+                name = f"{spec(method, cfg)} source (imagenet) seed {seed}"
+                say(f"=== [{count}/{len(runs)}] xd {name}")
+                status = attempt(xd_source, env, method, cfg, seed, extra)
+                if status:
+                    failed.append(f"{name} (exit {status})")
             continue
-        batch = [job]  # the consecutive targets of one (method, cfg, seed)
-        while index + len(batch) < len(runs) and runs[index + len(batch)].is_target and \
-                (runs[index + len(batch)].method, runs[index + len(batch)].cfg_arg, runs[index + len(batch)].seed) \
-                == (job.method, job.cfg_arg, job.seed):
-            batch.append(runs[index + len(batch)])
-        index += len(batch)
-        name = f"{spec(job.method, job.cfg_arg)} imagenet -> {','.join(t.dataset for t in batch)} seed {job.seed}"
-        say(f"=== [{count + 1}-{count + len(batch)}/{len(runs)}] xd {name}")
-        count += len(batch)
+        # the consecutive targets of one source, evaluated together
+        name = f"{spec(method, cfg)} imagenet -> {','.join(t.dataset for t in group)} seed {seed}"
+        say(f"=== [{count + 1}-{count + len(group)}/{len(runs)}] xd {name}")
+        count += len(group)
         try:
-            resolved = [resolve_xd(job.method, job.seed, t.dataset, job.cfg_arg, env.output, env.shots, env.tag, extra)
-                        for t in batch]
+            targets = [resolve_xd(method, seed, t.dataset, cfg, env.output, env.shots, env.tag, extra) for t in group]
         except GridError as err:
             print(f"xd: {err}", file=sys.stderr, flush=True)
             failed.append(name)
             continue
-        status = attempt(xd_targets, env, job.method, job.cfg_arg, job.seed, resolved, extra)
-        failed += [f"{spec(job.method, job.cfg_arg)} imagenet -> {t.dataset} seed {job.seed} (exit {status})"
-                   for t in resolved if not finished(t.run_dir)]
+        status = attempt(xd_targets, env, method, cfg, seed, targets, extra)
+        failed += [f"{spec(method, cfg)} imagenet -> {t.dataset} seed {seed} (exit {status})"
+                   for t in targets if not finished(t.run_dir)]
     return summary("xd", count, failed)
 
 
@@ -363,10 +353,7 @@ def xd_common(env, run):
 
 def xd_source(env, method, cfg, seed, extra):
     """The source of `method` and `seed` (zero-shot CLIP: its ImageNet evaluation)."""
-    try:
-        run = resolve_xd(method, seed, "", cfg, env.output, env.shots, env.tag, extra)
-    except GridError as err:
-        raise Stop(f"xd: {err}", 1) from None
+    run = resolved("xd", 1, resolve_xd, method, seed, "", cfg, env.output, env.shots, env.tag, extra)
     with run_lock(run.run_dir):
         if finished(run.run_dir):
             say(f"Done already: {run.name} ({run.run_dir})")
