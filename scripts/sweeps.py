@@ -8,7 +8,8 @@
 
 Each command reads its arguments and environment as its script documents (the script's header is the
 usage text), resolves the runs through scripts/methods.py, skips finished ones and starts train.py for
-the others. Errors in the arguments stop before any run (exit 2); a failing train.py fails its run.
+the others. Bad arguments stop before any run (exit 2; base2new's unknown method or config: 1); a
+failing train.py fails its run.
 A run is locked while it runs (`flock` on a hidden `.<run folder>.lock` beside it; scripts/launch.py
 reads the same lock), so a second caller waits, then finds it done.
 """
