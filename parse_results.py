@@ -21,7 +21,7 @@ ours beside the paper's numbers, each difference, a marker where it exceeds what
 LaTeX output escapes the LaTeX special characters in dataset, method and config names.
 
 Official mode, for a directory of seed folders (or with --test-log, --ci95, --multi-exp, --keyword),
-prints what CoOp's `parse_test_res.py` prints:
+prints what CoOp's `parse_test_res.py` prints (`scripts/official_results.py`):
 
     python parse_results.py output/base2new/train_base/caltech101/shots_16/CoOp/vit_b16_ctxv1
     python parse_results.py output/base2new/test_new/caltech101/shots_16/CoOp/vit_b16_ctxv1 --test-log
@@ -29,7 +29,6 @@ prints what CoOp's `parse_test_res.py` prints:
 import argparse
 import glob
 import json
-import math
 import os
 import re
 import sys
@@ -39,12 +38,12 @@ from dataclasses import dataclass, field
 import yaml
 from tabulate import tabulate
 
-from benchmarks.paper_numbers import paper_result
+from scripts import official_results
 from scripts.methods import PAPER_DATASETS, label
+from scripts.official_logs import TEST_SIGNALS, TRAIN_SIGNALS, read_run
+from scripts.official_results import SEED_DIR, population_std
+from scripts.paper_numbers import paper_result
 
-TRAIN_SIGNALS = ("Finish training", "Finished training")  # Dassl >= 0.6.1, and the older spelling
-TEST_SIGNALS = ("=> result",)
-SEED_DIR = re.compile(r"^seed(\d+)$")
 SHOTS_DIR = re.compile(r"^shots_(\d+)(?:_(.+))?$")  # shots_16, or KgCoOp's shots_16_<W>
 TEST_SELECTION_MARK = "‡"  # a cell whose runs chose their epoch on test data
 DEFAULT_SWEEP_KEYS = ("TRAINER.DPC.WEIGHT_BASE", "TRAINER.DPC.WEIGHT_NEW")
@@ -52,54 +51,6 @@ DEFAULT_SWEEP_KEYS = ("TRAINER.DPC.WEIGHT_BASE", "TRAINER.DPC.WEIGHT_NEW")
 
 # ----------------------------------------------------------------------------------------------
 # Reading one run
-# ----------------------------------------------------------------------------------------------
-def log_files(run_dir, newest=False):
-    """The logs to try, in order: `log.txt` only (the official choice: the first run's log), or with `newest`
-    the rerun logs `log.txt-<timestamp>` newest first and then `log.txt`."""
-    first = os.path.join(run_dir, "log.txt")
-    logs = [first] if os.path.isfile(first) else []
-    if newest:
-        reruns = sorted(glob.glob(os.path.join(glob.escape(run_dir), "log.txt-*")))  # timestamps sort in time order
-        logs = [p for p in reversed(reruns) if os.path.isfile(p)] + logs
-    return logs
-
-
-def read_log(path, signals, keyword="accuracy"):
-    """The last `* <keyword>: X%` after a line equal to one of `signals`; None if there is none."""
-    pattern = re.compile(rf"\* {re.escape(keyword)}: ([\.\deE+-]+)%")
-    started, value = False, None
-    with open(path, errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if line in signals:
-                started = True
-            match = pattern.search(line)
-            if match and started:
-                value = float(match.group(1))
-    return value
-
-
-def read_run(run_dir, signals, keyword="accuracy", newest_log=False, from_logs=False):
-    """(value, file it came from) for one run: results.json first, else the log; (None, None)."""
-    results = os.path.join(run_dir, "results.json")
-    if not from_logs and os.path.isfile(results):
-        try:
-            with open(results) as f:
-                record = json.load(f)
-        except (OSError, ValueError) as err:
-            print(f"Warning: unreadable {results} ({err}); reading the log instead", file=sys.stderr)
-        else:
-            if isinstance(record.get(keyword), (int, float)):
-                return float(record[keyword]), results
-    for log in log_files(run_dir, newest_log):  # the first log holding a result wins (a crashed rerun has none)
-        value = read_log(log, signals, keyword)
-        if value is not None:
-            return value, log
-    return None, None
-
-
-# ----------------------------------------------------------------------------------------------
-# Official parse_test_res.py behaviour
 # ----------------------------------------------------------------------------------------------
 def selected_on_test(run_dir):
     """Whether the run's checkpoint was chosen by accuracy on test data (its results.json says so: PromptKD's
@@ -109,51 +60,6 @@ def selected_on_test(run_dir):
             return bool(json.load(f).get("selected_on_test"))
     except (OSError, ValueError):
         return False
-
-
-def population_std(values):
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-
-
-def ci95(values):
-    return 1.96 * population_std(values) / math.sqrt(len(values))
-
-
-def parse_directory(directory, args, signals):
-    """Summarise the seed folders of one experiment; returns the mean."""
-    print(f"Parsing files in {directory}")
-    values = []
-    for entry in sorted(os.listdir(directory)):
-        run_dir = os.path.join(directory, entry)
-        if entry.startswith(".") or not os.path.isdir(run_dir):
-            continue
-        value, source = read_run(run_dir, signals, args.keyword, args.newest_log, args.from_logs)
-        if value is None:
-            continue
-        print(f"file: {source}. {args.keyword}: {value:.2f}%. ")
-        values.append(value)
-    if not values:
-        sys.exit(f"Nothing found in {directory}")
-    mean = sum(values) / len(values)
-    spread = ci95(values) if args.ci95 else population_std(values)
-    print("===")
-    print(f"Summary of directory: {directory}")
-    print(f"* {args.keyword}: {mean:.2f}% +- {spread:.2f}%")
-    print("===")
-    return mean
-
-
-def official_main(args):
-    signals = TEST_SIGNALS if args.test_log else TRAIN_SIGNALS
-    if not args.multi_exp:
-        parse_directory(args.directory, args, signals)
-        return
-    means = [parse_directory(os.path.join(args.directory, d), args, signals)
-             for d in sorted(os.listdir(args.directory))
-             if not d.startswith(".") and os.path.isdir(os.path.join(args.directory, d))]
-    print("Average performance")
-    print(f"* {args.keyword}: {sum(means) / len(means):.2f}%")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,19 +444,11 @@ def build_parser():
     table.add_argument("--plot", metavar="DIR", help="write bar charts, config-sweep and few-shot curves (matplotlib)")
     table.add_argument("--sweep-key", action="append", default=[], metavar="KEY",
                        help=f"config key whose values form a sweep curve (default: {', '.join(DEFAULT_SWEEP_KEYS)})")
-    official = parser.add_argument_group("parse_test_res.py options")
-    official.add_argument("--ci95", action="store_true", help="1.96 std / sqrt(n) instead of the std")
-    official.add_argument("--test-log", action="store_true", help="end signal `=> result` (eval-only logs)")
-    official.add_argument("--multi-exp", action="store_true", help="each sub-folder is an experiment")
-    official.add_argument("--keyword", default="accuracy", help="metric name in `* <keyword>: X%%`")
+    official_results.add_options(parser)
     parser.add_argument("--newest-log", action="store_true",
                         help="read the newest log (log.txt-<timestamp>) instead of the first run's log.txt")
     parser.add_argument("--from-logs", action="store_true", help="ignore results.json; read logs only")
     return parser
-
-
-def is_seed_folder_dir(directory):
-    return any(SEED_DIR.match(e) and os.path.isdir(os.path.join(directory, e)) for e in os.listdir(directory))
 
 
 def main(argv=None):
@@ -567,9 +465,8 @@ def main(argv=None):
         except GridError as err:
             sys.exit(f"parse_results.py: {err}")
         return
-    official_flags = args.ci95 or args.test_log or args.multi_exp or args.keyword != "accuracy"
-    if official_flags or is_seed_folder_dir(args.directory):
-        official_main(args)
+    if official_results.selected(args):
+        official_results.main(args)
         return
     from scripts import protocol_tables  # the few-shot, cross-dataset and domain-generalisation tables
 

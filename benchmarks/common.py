@@ -75,6 +75,23 @@ def time_eval(run_batch, batches, device):
     return time.perf_counter() - start
 
 
+def eval_speed_parser(description):
+    """The options of the evaluation-speed scripts: the backbone flags and the evaluated workload."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_backbone_args(parser)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=100)
+    return parser
+
+
+def time_cached_eval(model, batches, device):
+    """Seconds for one evaluation with the text features computed once (as the trainer does) and reused."""
+    start = time.perf_counter()
+    text = model.encode_text()
+    return time.perf_counter() - start + time_eval(lambda x: model(x, text_features=text), batches, device)
+
+
 def time_train(model, loss_fn, batches, device, precision, warmup=2):
     """Seconds per training step (forward, `loss_fn(images, labels)`, backward, SGD step) over
     `batches` of (images, labels), after `warmup` untimed steps."""

@@ -11,25 +11,18 @@ do not depend on the weight values); `--backbone` takes a real CLIP name or chec
 
     python benchmarks/eval_speed.py [--classes 100] [--images 1000] [--batch 100] [--device cuda]
 """
-import argparse
-import time
-
 import torch
 
 # common first: it puts the repository root on sys.path
-from common import add_backbone_args, backbone_label, random_batches, setup_backbone, time_eval  # noqa: I001
+from common import (backbone_label, eval_speed_parser, random_batches, setup_backbone, time_cached_eval,  # noqa: I001
+                    time_eval)
 from engine.config import build_cfg
 from trainers.coop import CoOpModel
 from trainers.zsclip import ZeroshotCLIPModel
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_backbone_args(parser)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=100)
-    args = parser.parse_args(argv)
+    args = eval_speed_parser(__doc__).parse_args(argv)
 
     device, precision, clip_model = setup_backbone(args)
     classnames = [f"class {i}" for i in range(args.classes)]
@@ -43,10 +36,7 @@ def main(argv=None):
     with torch.no_grad(), precision.autocast():
         timings = {}
         timings["uncached"] = time_eval(coop, batches, device)
-        start = time.perf_counter()
-        text = coop.encode_text()  # once per evaluation, as the trainer does
-        encode_time = time.perf_counter() - start
-        timings["cached"] = encode_time + time_eval(lambda x: coop(x, text_features=text), batches, device)
+        timings["cached"] = time_cached_eval(coop, batches, device)
         timings["zeroshot"] = time_eval(zeroshot, batches, device)
 
     print(f"device {device}, precision {precision.name}, {args.classes} classes, {args.images} images, "

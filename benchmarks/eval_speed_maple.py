@@ -12,24 +12,18 @@ ViT-B/16's architecture by default, `--tiny` for the tests' tiny CLIP; `--backbo
 
     python benchmarks/eval_speed_maple.py [--tiny] [--classes 100] [--images 1000] [--batch 100] [--repeats 3]
 """
-import argparse
-import time
-
 import torch
 
 # common first: it puts the repository root on sys.path
-from common import add_backbone_args, backbone_label, random_batches, setup_backbone, time_eval  # noqa: I001
+from common import (backbone_label, eval_speed_parser, random_batches, setup_backbone, time_cached_eval,  # noqa: I001
+                    time_eval)
 from engine.config import build_cfg
 from trainers.deep_prompting import tower_sizes
 from trainers.maple import MaPLeModel
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_backbone_args(parser)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=100)
+    parser = eval_speed_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per path (the fastest counts)")
     args = parser.parse_args(argv)
 
@@ -42,18 +36,13 @@ def main(argv=None):
         maple = MaPLeModel(cfg, classnames, clip_model).to(device).eval()
     batches = random_batches(clip_model, args.images, args.batch, device)
 
-    def cached_eval():
-        start = time.perf_counter()
-        text = maple.encode_text()  # once per evaluation, as the trainer does
-        return time.perf_counter() - start + time_eval(lambda x: maple(x, text_features=text), batches, device)
-
     # Alternate the two paths and keep each one's fastest pass, so load from other processes
     # does not favour either.
     cached, uncached = float("inf"), float("inf")
     with torch.no_grad(), precision.autocast():
         for _ in range(args.repeats):
             uncached = min(uncached, time_eval(maple, batches, device))
-            cached = min(cached, cached_eval())
+            cached = min(cached, time_cached_eval(maple, batches, device))
 
     print(f"device {device}, precision {precision.name}, {args.classes} classes, {args.images} images, "
           f"batch {args.batch}, prompt depth {cfg.TRAINER.MAPLE.PROMPT_DEPTH}, backbone "

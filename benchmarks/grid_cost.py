@@ -44,7 +44,7 @@ from common import add_backbone_args, backbone_label, setup_backbone, synchroniz
 from cost_promptkd import build_teacher_clip
 import trainers  # noqa: F401,E402  (registers every config hook)
 from engine.config import build_cfg, merge_from_file, merge_from_list
-from scripts.methods import METHODS, PAPER_DATASETS, SEEDS, default_config_file
+from scripts.methods import PAPER_DATASETS, DPC_STAGE1, METHODS, SEEDS, config_path, default_config_file
 from trainers.coop import CoOpModel
 from trainers.deep_prompting import tower_sizes
 from trainers.dgprompt import DGPromptModel
@@ -66,8 +66,9 @@ TRAIN_IMAGES = {"imagenet": 1281167, "caltech101": 4128, "oxford_pets": 2944, "s
                 "oxford_flowers": 4093, "food101": 50500, "fgvc_aircraft": 3334, "sun397": 15880, "dtd": 2820,
                 "eurosat": 13500, "ucf101": 7639}
 # DPC_CoOp's stage 1 is not the CoOp row: the DPC repo's batch-4, 10-epoch CoOp with 4 tokens.
-EXTRA_ROWS = {"CoOp (DPC stage 1)": ("CoOp", "configs/trainers/CoOp/vit_b16_bs4_ep10_lr35.yaml",
-                                     ("TRAINER.COOP.N_CTX", "4"))}
+_COOP_STAGE1 = DPC_STAGE1["CoOp"]
+EXTRA_ROWS = {"CoOp (DPC stage 1)": ("CoOp", config_path("CoOp", METHODS["CoOp"], _COOP_STAGE1.config)[1],
+                                     (*_COOP_STAGE1.config_opts, *_COOP_STAGE1.opts))}
 
 
 def method_config(name, dataset_name):

@@ -305,6 +305,41 @@ def take_ready(pending, running):
     return ready, blocked
 
 
+class Progress:
+    """The local queue's progress: a live bar on a terminal; where the output is redirected to a log, one
+    plain line per change instead (the bar's carriage-return frames would fill the log)."""
+
+    def __init__(self, total):
+        self.live = sys.stderr.isatty()
+        self.total, self.finished = total, 0
+        self.bar = tqdm(total=total, unit="run", dynamic_ncols=True, disable=not self.live)
+
+    def line(self, text):
+        if self.live:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def started(self, run, where):
+        if not self.live:
+            print(f"started: {run.name} ({where})", flush=True)
+
+    def done(self, run, failure=""):
+        """`run` is over; `failure` says why it failed ("" = it finished)."""
+        self.finished += 1
+        self.bar.update(1)
+        if failure:
+            self.line(failure)
+        elif not self.live:
+            print(f"[{self.finished}/{self.total}] finished: {run.name}", flush=True)
+
+    def counts(self, **counts):
+        self.bar.set_postfix(**counts, refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
 def run_local(args, runs, grace=None):
     """A queue over device slots (GPU ids, or CPU slots), in the given order, each run starting once the
     runs it needs have finished; returns the failed runs (blocked ones included).
@@ -314,11 +349,12 @@ def run_local(args, runs, grace=None):
     slots = gpus or [None] * max(args.jobs, 1)
     where = f"GPUs {','.join(gpus)}" if gpus else f"the CPU ({len(slots)} at a time)"
     pending = list(runs)
-    print(f"Launching {len(pending)} runs on {where}; console logs in {os.path.join(args.output, 'launch_logs')}")
+    print(f"Launching {len(pending)} runs on {where}; console logs in {os.path.join(args.output, 'launch_logs')}",
+          flush=True)
     env = {**os.environ, **run_env(args)}
     grace = STOP_GRACE_S if grace is None else grace
-    running, failed, finished = {}, [], 0
-    bar = tqdm(total=len(pending), unit="run", dynamic_ncols=True)
+    running, failed = {}, []
+    progress = Progress(len(pending))
     try:
         while pending or running:
             for slot in range(len(slots)):
@@ -327,10 +363,8 @@ def run_local(args, runs, grace=None):
                 run, blocked = take_ready(pending, [r for r, _, _ in running.values()])
                 for never in blocked:
                     failed.append(never)
-                    finished += 1
-                    bar.write(f"FAILED (not started: its source {', '.join(unmet_needs(never))} did not finish): "
-                              f"{never.name}")
-                    bar.update(1)
+                    progress.done(never, f"FAILED (not started: its source {', '.join(unmet_needs(never))} did "
+                                         f"not finish): {never.name}")
                 if run is not None:
                     path = log_path(args, run)
                     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -345,18 +379,19 @@ def run_local(args, runs, grace=None):
                         log.close()
                         raise
                     running[slot] = (run, proc, log)
+                    progress.started(run, f"GPU {slots[slot]}" if slots[slot] else "CPU")
             for slot, (run, proc, log) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 log.close()
                 del running[slot]
-                finished += 1
+                failure = ""
                 if proc.returncode != 0 or not run.done:
                     failed.append(run)
-                    bar.write(f"FAILED (exit {proc.returncode}): {run.name}; see {log_path(args, run)}")
-                bar.update(1)
-            bar.set_postfix(done=finished - len(failed), running=len(running), failed=len(failed),
-                            remaining=len(pending), refresh=False)
+                    failure = f"FAILED (exit {proc.returncode}): {run.name}; see {log_path(args, run)}"
+                progress.done(run, failure)
+            progress.counts(done=progress.finished - len(failed), running=len(running), failed=len(failed),
+                            remaining=len(pending))
             time.sleep(0.5)
     finally:
         handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -366,7 +401,7 @@ def run_local(args, runs, grace=None):
         for s in handled:  # a second Ctrl-C must not cut the cleanup short (it takes <= grace)
             signal.signal(s, signal.SIG_IGN)
         try:
-            bar.close()
+            progress.close()
             if running:  # interrupted launcher: stop its own runs, whole process groups
                 print(f"Stopping {len(running)} running run(s)...", file=sys.stderr, flush=True)
                 stop_process_groups([proc for _, proc, _ in running.values()], grace)

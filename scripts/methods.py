@@ -1,8 +1,8 @@
 """Every protocol's grid in one place: each method's configs per protocol, launch hooks, datasets.
 
-Read by `scripts/base2new.sh` (through `python scripts/methods.py resolve ...`), `scripts/sweep.sh`,
-`scripts/fewshot.sh` and `scripts/xd.sh` (through `... grid` and `... fewshot` / `... xd`),
-`scripts/launch.py` and `parse_results.py`, so output paths and defaults are computed once.
+Read by the sweep scripts (`scripts/base2new.sh`, `sweep.sh`, `fewshot.sh`, `xd.sh`, `dpc/base2new.sh`,
+all through `scripts/sweeps.py`), `scripts/launch.py` and `parse_results.py`, so output paths and defaults
+are computed once.
 Adding a method is one line in `METHODS`; a method that is not listed (an out-of-tree trainer)
 still runs when a config is given: a name under `configs/trainers/<METHOD>/` or a YAML path.
 
@@ -19,11 +19,8 @@ Run layouts (those of the official scripts):
     <OUTPUT>/ZeroshotCLIP/<CFG>/<dataset>/
 A run (or phase) is done when its `results.json` exists (the trainer writes it atomically after testing).
 """
-import argparse
 import difflib
 import os
-import shlex
-import sys
 from dataclasses import dataclass
 
 import yaml
@@ -80,6 +77,29 @@ class Method:
 # must write both phases' `results.json` into the run layout above under its METHOD and CFG,
 # skipping finished phases like base2new.sh does.
 DPC_RUNNER = "scripts/dpc/base2new.sh"
+
+
+@dataclass(frozen=True)
+class DPCStage1:
+    """DPC's base-to-new stage 1 on a backbone where it is not the backbone's own paper run (the DPC
+    repository's re-runs). A user's stage-1 config (BACKBONE_CFG) replaces `config`, `config_opts` and
+    `tag`; `opts` and `shots` describe the run whatever its config."""
+    config: str = ""         # "" = the backbone's paper config
+    config_opts: tuple = ()  # KEY VALUE opts that go with `config`
+    tag: str = ""            # folder tag keeping these runs apart from the backbone's own
+    opts: tuple = ()         # KEY VALUE opts of every stage-1 run
+    shots: int = None        # None = the DPC run's shots
+
+
+# Read by scripts/sweeps.py (DPC's runs), scripts/recipes.py (the DPC tables' backbone columns) and
+# benchmarks/grid_cost.py (the cost of CoOp's stage 1). CoOp: the batch-4, 10-epoch config with 4 random
+# context tokens; PromptKD: the unlabelled batch-32 distillation on every class (shots_0).
+DPC_STAGE1 = {
+    "CoOp": DPCStage1("vit_b16_bs4_ep10_lr35", ("TRAINER.COOP.N_CTX", "4"), tag="nctx4"),
+    "IVLP": DPCStage1("vit_b16_c2_ep20_batch4_4+4ctx"),
+    "PromptSRC": DPCStage1("vit_b16_c2_ep20_batch4_4+4ctx"),
+    "PromptKD": DPCStage1("vit_b16_c2_ep20_batch32_4+4ctx", opts=("TRAINER.PROMPTKD.KD_WEIGHT", "1000.0"), shots=0),
+}
 
 # Per-protocol settings: few-shot as recommended for each method (CoOp's own main.sh; KgCoOp's author's
 # 4-shot setting at every K; MaPLe's and the reconstructions' base-to-new configs; DGPrompt's 20 epochs
@@ -509,113 +529,3 @@ def protocol_grid(protocol, methods, datasets, seeds, shots=None, output="output
         for job in jobs:
             runs.setdefault(job.run_dir, job)
     return list(runs.values())
-
-
-def _shell(args):
-    """`resolve` as shell assignments for base2new.sh (values quoted for `eval`)."""
-    env = os.environ
-    try:
-        run = resolve(args.method, args.dataset, args.seed, args.cfg, env.get("OUTPUT", "output"),
-                      env.get("SHOTS"), env.get("TAG", ""))
-    except GridError as err:
-        sys.exit(f"base2new.sh: {err}")
-    q = shlex.quote
-    print(f"CFG_NAME={q(run.config)}")
-    print(f"SHOTS={q(str(run.shots))}")
-    print(f"CONFIG_FILE={q(run.config_file)}")
-    print(f"TRAIN_DIR={q(run.train_dir)}")
-    print(f"TEST_DIR={q(run.test_dir)}")
-    print(f"EVAL_ONLY={int(run.eval_only)}")
-    print(f"METHOD_OPTS=({' '.join(map(q, run.opts))})")
-    print(f"RUNNER=({' '.join(q(os.path.join(REPO, run.runner[0])) if i == 0 else q(a) for i, a in enumerate(run.runner))})")
-
-
-def _protocol_shell(args):
-    """One few-shot or cross-dataset job as shell assignments for fewshot.sh / xd.sh (OUTPUT, SHOTS, TAG
-    from the environment)."""
-    env = os.environ
-    output, tag = env.get("OUTPUT", "output"), env.get("TAG", "")
-    targets = []
-    try:
-        if args.command == "fewshot":
-            run = resolve_fewshot(args.method, args.dataset, args.shots, args.seed, args.cfg, output, tag)
-        else:
-            targets = [resolve_xd(args.method, args.seed, t, args.cfg, output, env.get("SHOTS", "16"), tag, args.opts)
-                       for t in args.target.split(",") if t not in ("", "none")]
-            run = targets[0] if targets else resolve_xd(args.method, args.seed, "", args.cfg, output,
-                                                        env.get("SHOTS", "16"), tag, args.opts)
-    except GridError as err:
-        sys.exit(f"{args.command}: {err}")
-    q = shlex.quote
-    for key, value in (("CFG_NAME", run.config), ("CONFIG_FILE", run.config_file), ("RUN_DIR", run.run_dir),
-                       ("DATASET", run.dataset), ("SOURCE_DIR", run.source_dir), ("EVAL_ONLY", int(run.eval_only)),
-                       ("BACKBONE", run.backbone), ("STAGE1_DIR", run.stage1_dir), ("RUN_NAME", run.name)):
-        print(f"{key}={q(str(value))}")
-    print(f"METHOD_OPTS=({' '.join(map(q, run.opts))})")
-    if args.command == "xd":  # each target and its run directory
-        print(f"TARGET_LIST=({' '.join(q(t.dataset) for t in targets)})")
-        print(f"RUN_DIRS=({' '.join(q(t.run_dir) for t in targets)})")
-
-
-def _grid_lines(args):
-    """A protocol grid, one job per line, fields separated by tabs: METHOD CFG DATASET SHOTS SEED
-    (few-shot) or METHOD CFG SEED TARGET (cross-dataset; `none` for the source); CFG `-` = the method's."""
-    env = os.environ
-    try:
-        runs = protocol_grid(args.protocol, args.methods, args.datasets, args.seeds, args.shots or None,
-                             env.get("OUTPUT", "output"), env.get("TAG", ""), args.opts)
-    except GridError as err:
-        sys.exit(f"{args.protocol}: {err}")
-    for run in runs:
-        if args.protocol == "fewshot":
-            fields = (run.method, run.cfg_arg or "-", run.dataset, run.shots, run.seed)
-        else:
-            fields = (run.method, run.cfg_arg or "-", run.seed, run.dataset if run.is_target else "none")
-        print("\t".join(map(str, fields)))
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Method table queries for the shell scripts.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    res = sub.add_parser("resolve", help="shell assignments for one base-to-new run (OUTPUT, SHOTS, TAG from the env)")
-    res.add_argument("method")
-    res.add_argument("dataset")
-    res.add_argument("seed")
-    res.add_argument("cfg", nargs="?", default="")
-    lst = sub.add_parser("list", help="expand a comma list or `all`, one item per line")
-    lst.add_argument("kind", choices=("methods", "datasets", "seeds", "shots", "targets"))
-    lst.add_argument("items")
-    few = sub.add_parser("fewshot", help="shell assignments for one few-shot run (OUTPUT, TAG from the env)")
-    few.add_argument("method")
-    few.add_argument("dataset")
-    few.add_argument("shots")
-    few.add_argument("seed")
-    xd = sub.add_parser("xd", help="shell assignments for a cross-dataset source (TARGET none) or its targets "
-                                   "(a comma list: TARGET_LIST, RUN_DIRS)")
-    xd.add_argument("method")
-    xd.add_argument("seed")
-    xd.add_argument("target")
-    for command in (few, xd):
-        command.add_argument("--cfg", default="", help="config name or YAML path (default: the method's)")
-    xd.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE options of the runs")
-    grd = sub.add_parser("grid", help="a protocol's jobs, one per line (fewshot: METHODS DATASETS SEEDS; xd: "
-                                      "METHODS TARGETS SEEDS)")
-    grd.add_argument("protocol", choices=("fewshot", "xd"))
-    grd.add_argument("methods")
-    grd.add_argument("datasets")
-    grd.add_argument("seeds")
-    grd.add_argument("--shots", default="", help="few-shot: comma list or `all`; xd: the source's shots")
-    grd.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE options of the runs")
-    args = parser.parse_args(argv)
-    if args.command == "resolve":
-        _shell(args)
-    elif args.command in ("fewshot", "xd"):
-        _protocol_shell(args)
-    elif args.command == "grid":
-        _grid_lines(args)
-    else:
-        print("\n".join(split_list(args.items, args.kind)))
-
-
-if __name__ == "__main__":
-    main()

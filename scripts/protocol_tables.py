@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from tabulate import tabulate
 
 import parse_results as base
-from benchmarks.protocol_paper_numbers import paper_table
-from scripts.methods import DG_TARGETS, PAPER_DATASETS, VARIANTS, XD_SOURCE, XD_TARGETS, label
+from scripts.protocol_paper_numbers import paper_table
+from scripts.methods import PAPER_DATASETS, DG_TARGETS, VARIANTS, XD_SOURCE, XD_TARGETS, label
 
 SHOTS_FOLDER = re.compile(r"^(.+)_(\d+)shots$")
 SEED_FOLDER = re.compile(r"^seed(\d+)$")

@@ -2,7 +2,7 @@
 
 A recipe names a paper's table, its protocol, its datasets and seeds, and its rows (methods, each with
 a config, or the run folder it reads) with a reference into the published-number tables
-(`benchmarks/paper_numbers.py`, `benchmarks/protocol_paper_numbers.py`). Read by
+(`scripts/paper_numbers.py`, `scripts/protocol_paper_numbers.py`). Read by
 `scripts/launch.py --recipe NAME` (run / price the table) and `parse_results.py --recipe NAME`
 (print it beside the paper's numbers). Configs come from `scripts/methods.py`; nothing is copied here.
 
@@ -16,9 +16,10 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from benchmarks import cost_estimates, paper_numbers, protocol_paper_numbers
-from scripts.methods import (DG_TARGETS, FEWSHOT_SHOTS, PAPER_DATASETS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
-                             GridError, Run, dataset_size, label, parse_method, protocol_grid, resolve)
+from benchmarks import cost_estimates
+from scripts import paper_numbers, protocol_paper_numbers
+from scripts.methods import (PAPER_DATASETS, DG_TARGETS, DPC_STAGE1, FEWSHOT_SHOTS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
+                             DPCStage1, GridError, Run, dataset_size, label, parse_method, protocol_grid, resolve)
 
 MARGIN = 1.0  # points: the marker threshold where only one seed ran
 RULE = (f"* = |ours - paper| > 2 x seed std (population std over our seeds), or > {MARGIN:.1f} point where one "
@@ -69,9 +70,17 @@ PAPER_TABLES = {"base2new": paper_numbers.PAPER, "dpc-reruns": paper_numbers.DPC
                 "dpc-ablation": paper_numbers.DPC_COOP_ABLATION, **protocol_paper_numbers.PAPER}
 
 NO_COCOOP = "not available: CoCoOp has no trainer here"
-# DPC's stage-1 runs, as scripts/dpc/base2new.sh writes them (its backbone columns are these re-runs).
-DPC_COOP_STAGE1 = Entry("CoOp", "vit_b16_bs4_ep10_lr35", "CoOp (DPC's re-run)", ("dpc-reruns", "CoOp"),
-                        opts=("TRAINER.COOP.N_CTX", "4"), tag="nctx4", made_by="DPC_CoOp")
+
+
+def _dpc_stage1(backbone, **kw):
+    """DPC's stage-1 runs of `backbone`, as its DPC runs write them (the DPC tables' backbone columns); the
+    runs' own `opts` are the backbone's paper opts already (PromptKD's KD_WEIGHT)."""
+    stage1 = DPC_STAGE1.get(backbone, DPCStage1())
+    return Entry(backbone, stage1.config, f"{backbone} (DPC's re-run)", ("dpc-reruns", backbone),
+                 opts=stage1.config_opts, tag=stage1.tag, shots=stage1.shots, made_by=f"DPC_{backbone}", **kw)
+
+
+DPC_COOP_STAGE1 = _dpc_stage1("CoOp")
 
 
 def _b2n(method, **kw):
@@ -81,13 +90,11 @@ def _b2n(method, **kw):
 RECIPES = {r.name: r for r in (
     Recipe("dpc-table1", "DPC (CVPR'25)", "main table (base-to-new; backbones are DPC's own re-runs)", "base2new", (
         DPC_COOP_STAGE1, _b2n("DPC_CoOp"),
-        Entry("MaPLe", label="MaPLe (DPC's re-run)", paper=("dpc-reruns", "MaPLe"), made_by="DPC_MaPLe"),
+        _dpc_stage1("MaPLe"),
         _b2n("DPC_MaPLe"),
-        Entry("PromptSRC", "vit_b16_c2_ep20_batch4_4+4ctx", "PromptSRC (DPC's re-run)",
-              ("dpc-reruns", "PromptSRC"), made_by="DPC_PromptSRC"),
+        _dpc_stage1("PromptSRC"),
         _b2n("DPC_PromptSRC"),
-        Entry("PromptKD", "vit_b16_c2_ep20_batch32_4+4ctx", "PromptKD (DPC's re-run)", ("dpc-reruns", "PromptKD"),
-              shots=0, made_by="DPC_PromptKD"),
+        _dpc_stage1("PromptKD"),
         _b2n("DPC_PromptKD")),
         note="PromptKD and its DPC need the ViT-L/14 PromptSRC teacher in place (see README, PromptKD)."),
     Recipe("dpc-coop-ablation", "DPC (CVPR'25)", "ablation on CoOp (11-dataset averages)", "base2new", (

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 import parse_results
-from benchmarks.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
-from scripts.methods import DG_TARGETS, PAPER_DATASETS, XD_TARGETS
+from scripts.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
+from scripts.methods import PAPER_DATASETS, DG_TARGETS, XD_TARGETS
 from tests.helpers.official import official_parse_test_res
 
 COOP_VARIANT = "nctx16_cscFalse_ctpend"

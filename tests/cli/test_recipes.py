@@ -7,7 +7,7 @@ import os
 import pytest
 
 import parse_results
-from benchmarks.paper_numbers import PAPER
+from scripts.paper_numbers import PAPER
 from scripts import launch as launcher
 from scripts import recipes
 from scripts.recipes import Entry, Recipe

@@ -91,6 +91,9 @@ def grid(tmp_path_factory, data_root, tiny_clip_path):
     result = launch(env, METHODS, DATASETS, "1,2", "--gpus", "none", "--jobs", "2", *tiny(tiny_clip_path))
     assert "8 runs in the grid: 0 done, 8 to run" in result.stdout
     assert "Finished: 8 of 8 runs; 0 failed" in result.stdout
+    # output to a pipe: a plain line per started and finished run, no progress-bar frames
+    assert result.stdout.count("started: ") == 8 and "[8/8] finished: " in result.stdout
+    assert "\r" not in result.stdout + result.stderr
     return output, env
 
 

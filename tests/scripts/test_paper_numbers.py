@@ -2,7 +2,7 @@
 the HM of the column means (the checks the specs ran on the published tables)."""
 import pytest
 
-from benchmarks.paper_numbers import DATASET_ORDER, PAPER
+from scripts.paper_numbers import DATASET_ORDER, PAPER
 from scripts.methods import PAPER_DATASETS
 
 

@@ -2,8 +2,8 @@
 published average is the mean of its rows (11 datasets; 10 targets or 4 variants, ImageNet left out)."""
 import pytest
 
-from benchmarks.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
-from scripts.methods import DG_TARGETS, METHODS, PAPER_DATASETS, XD_TARGETS
+from scripts.protocol_paper_numbers import DG_PAPER, FEWSHOT_PAPER, XD_PAPER
+from scripts.methods import PAPER_DATASETS, DG_TARGETS, METHODS, XD_TARGETS
 
 
 def mean(values):
