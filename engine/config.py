@@ -33,6 +33,8 @@ DASSL_KEYS_WITHOUT_EFFECT = {
     "VERBOSE": True,
     "DATASET.SOURCE_DOMAINS": (),  # --source-domains (Dassl's domain-adaptation datasets)
     "DATASET.TARGET_DOMAINS": (),  # --target-domains
+    "DATALOADER.K_TRANSFORMS": 1,  # several augmented views per image / the un-augmented image: no method
+    "DATALOADER.RETURN_IMG0": False,  # here reads them (Dassl's semi-supervised and adaptation methods do)
     "MODEL.BACKBONE.PRETRAINED": True,  # CLIP is always built from its released weights
     "MODEL.HEAD.NAME": "",  # --head
     "OPTIM.STAGED_LR": False,  # per-layer learning rates of Dassl's own networks
@@ -78,8 +80,6 @@ def get_cfg_default():
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4
     _C.DATALOADER.PERSISTENT_WORKERS = True  # with workers: keep them across epochs (same batches)
-    _C.DATALOADER.K_TRANSFORMS = 1
-    _C.DATALOADER.RETURN_IMG0 = False
     _C.DATALOADER.TRAIN_X = CN()
     _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
     _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32

@@ -92,10 +92,6 @@ class DatasetWrapper(Dataset):
     def __init__(self, cfg, data_source, transform=None, is_train=False):
         self.data_source = data_source
         self.transform = transform
-        self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
-        self.return_img0 = cfg.DATALOADER.RETURN_IMG0
-        self.to_tensor = T.Compose([T.Resize(tuple(cfg.INPUT.SIZE), interpolation=INTERPOLATION_MODES[
-            cfg.INPUT.INTERPOLATION]), T.ToTensor(), T.Normalize(cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)])
 
     def __len__(self):
         return len(self.data_source)
@@ -103,14 +99,8 @@ class DatasetWrapper(Dataset):
     def __getitem__(self, idx):
         item = self.data_source[idx]
         output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
-        img0 = read_image(item.impath)
-        if self.transform is None:
-            output["img"] = img0
-        else:
-            views = [self.transform(img0) for _ in range(self.k_tfm)]
-            output["img"] = views[0] if len(views) == 1 else views
-        if self.return_img0:
-            output["img0"] = self.to_tensor(img0)
+        image = read_image(item.impath)
+        output["img"] = image if self.transform is None else self.transform(image)
         return output
 
 

@@ -119,11 +119,11 @@ def test_unread_dassl_keys_load_and_warn_once_when_set(tmp_path, capsys):
     yaml_file = tmp_path / "dassl.yaml"
     yaml_file.write_text("OPTIM:\n  STAGED_LR: True\n")  # and again on the command line: one warning
     cfg = setup_cfg(args_for(["--config-file", str(yaml_file), "--head", "mlp", "OPTIM.STAGED_LR", "True",
-                              "TEST.COMPUTE_CMAT", "True"]))
+                              "TEST.COMPUTE_CMAT", "True", "DATALOADER.K_TRANSFORMS", "2"]))
     assert cfg.OPTIM.STAGED_LR and cfg.TEST.COMPUTE_CMAT and cfg.MODEL.HEAD.NAME == "mlp"
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Warning:")]
     assert warnings == [f"Warning: {key} has no effect here (a Dassl key, accepted so that official configs and "
-                        "scripts load)" for key in ("MODEL.HEAD.NAME 'mlp'", "OPTIM.STAGED_LR True",
+                        "scripts load)" for key in ("DATALOADER.K_TRANSFORMS 2", "MODEL.HEAD.NAME 'mlp'", "OPTIM.STAGED_LR True",
                                                    "TEST.COMPUTE_CMAT True")]
     defaults_written_out = tmp_path / "defaults.yaml"
     defaults_written_out.write_text("VERSION: 1\nOPTIM:\n  NEW_LAYERS: []\nTEST:\n  EVALUATOR: Classification\n")

@@ -107,30 +107,6 @@ def test_persistent_workers_see_the_augmentations_of_fresh_workers(clip_cfg, tmp
     assert not worker_pids(fresh[0]) & worker_pids(fresh[1])
 
 
-def test_k_transforms_and_img0_in_a_batch(clip_cfg, tmp_path):
-    """DATALOADER.K_TRANSFORMS > 1: a train batch's `img` is a list of K independently augmented views
-    (test batches keep one); RETURN_IMG0: `img0` is the un-augmented image (resize, tensor, normalise)."""
-    cfg = clip_cfg.clone()
-    cfg.INPUT.SIZE = (8, 8)
-    items = noise_images(tmp_path, 2)
-    plain = next(iter(build_data_loader(cfg, items, 2, build_transform(cfg, is_train=True), True, False)))
-    assert torch.is_tensor(plain["img"]) and "img0" not in plain  # the defaults: K = 1, no img0
-
-    cfg.DATALOADER.K_TRANSFORMS, cfg.DATALOADER.RETURN_IMG0 = 3, True
-    torch.manual_seed(0)
-    train = next(iter(build_data_loader(cfg, items, 2, build_transform(cfg, is_train=True), True, False)))
-    test = next(iter(build_data_loader(cfg, items, 2, build_transform(cfg, is_train=False), False, False)))
-    views = train["img"]
-    assert isinstance(views, list) and len(views) == 3 and all(v.shape == (2, 3, 8, 8) for v in views)
-    assert not torch.equal(views[0], views[1]) and not torch.equal(views[1], views[2])
-    assert torch.is_tensor(test["img"]) and test["img"].shape == (2, 3, 8, 8)
-    for batch in (train, test):
-        for img0, path in zip(batch["img0"], batch["impath"]):
-            pixels = np.array(Image.open(path).convert("RGB").resize((8, 8), Image.BICUBIC))
-            expected = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
-                        - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
-            assert torch.allclose(img0, expected, atol=1e-5)
-
 
 # ---- transforms and decoding ----------------------------------------------------------
 
