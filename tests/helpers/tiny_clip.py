@@ -48,4 +48,4 @@ if __name__ == "__main__":
     parser.add_argument("--size", choices=SIZES, default="shallow")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(make_tiny_clip(args.out, args.seed, args.size))
+    print(make_tiny_clip(args.out, args.seed, size=args.size))
