@@ -19,8 +19,9 @@
 # (--size deep-wide), on the base classes (DIR/teacher/caltech101).
 # The numbers mean nothing. Finished runs are skipped on a second call; delete DIR to start over.
 #
-# Measured on the 2-core development machine (no GPU; other jobs running, load average about 3):
-# the default about 50 s, DEMO_METHODS=all (17 methods, 38 runs) about 6 minutes.
+# Measured on the 2-core development machine (no GPU), while other jobs kept its load average at
+# 10-12: the default 2 min 19 s (1 CPU-minute), DEMO_METHODS=all (17 methods x 2 seeds = 34 launched
+# runs, plus the teacher) 13 min 16 s (6.4 CPU-minutes); with the cores to itself, expect about half.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
