@@ -33,7 +33,8 @@ def test_demo_runs_the_pipeline_and_prints_the_table(tmp_path):
     assert "4 runs in the grid: 4 done, 0 to run" in again and "Launching" not in again
 
 
-# What the demo may change on the command line: only what fits a paper config to a tiny CPU run.
+# What the demo may change on the command line: what fits a paper config to a tiny CPU run, and where
+# PromptKD's teacher is.
 TINY_MACHINE_KEYS = {"MODEL.BACKBONE.NAME", "INPUT.SIZE", "DATALOADER.NUM_WORKERS", "OPTIM.MAX_EPOCH",
                      "DATALOADER.TRAIN_X.BATCH_SIZE", "DATALOADER.TEST.BATCH_SIZE", "TRAIN.PRINT_FREQ",
                      "TRAINER.PROMPTKD.TEACHER_NAME", "TRAINER.PROMPTKD.TEACHER_CKPT"}
