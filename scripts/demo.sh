@@ -21,7 +21,7 @@
 #
 # Measured on the 2-core development machine (no GPU), while other jobs kept its load average at
 # 10-12: the default 2 min 19 s (1 CPU-minute), DEMO_METHODS=all (17 methods x 2 seeds = 34 launched
-# runs, plus the teacher) 13 min 16 s (6.4 CPU-minutes); with the cores to itself, expect about half.
+# runs, plus the teacher) 13 min 16 s (6.4 CPU-minutes).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
