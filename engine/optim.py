@@ -59,15 +59,22 @@ class _WarmupScheduler(LRScheduler):
         self.successor.load_state_dict(state.pop("successor"))
         self.__dict__.update(state)
 
+    def get_lr(self):
+        if self.last_epoch >= self.warmup_epoch:
+            return self.successor.get_last_lr()
+        return self.warmup_lrs()
+
+    def warmup_lrs(self):
+        """Learning rates during the warm-up."""
+        raise NotImplementedError
+
 
 class ConstantWarmupScheduler(_WarmupScheduler):
     def __init__(self, optimizer, successor, warmup_epoch, cons_lr):
         self.cons_lr = cons_lr
         super().__init__(optimizer, successor, warmup_epoch)
 
-    def get_lr(self):
-        if self.last_epoch >= self.warmup_epoch:
-            return self.successor.get_last_lr()
+    def warmup_lrs(self):
         return [self.cons_lr for _ in self.base_lrs]
 
 
@@ -76,9 +83,7 @@ class LinearWarmupScheduler(_WarmupScheduler):
         self.min_lr = min_lr
         super().__init__(optimizer, successor, warmup_epoch)
 
-    def get_lr(self):
-        if self.last_epoch >= self.warmup_epoch:
-            return self.successor.get_last_lr()
+    def warmup_lrs(self):
         if self.last_epoch == 0:
             return [self.min_lr for _ in self.base_lrs]
         return [lr * self.last_epoch / self.warmup_epoch for lr in self.base_lrs]

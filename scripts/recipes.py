@@ -16,10 +16,10 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from benchmarks import cost_estimates
-from scripts import paper_numbers, protocol_paper_numbers
-from scripts.methods import (PAPER_DATASETS, DG_TARGETS, DPC_STAGE1, FEWSHOT_SHOTS, SEEDS, VARIANTS, XD_SOURCE, XD_TARGETS,
-                             DPCStage1, GridError, Run, dataset_size, label, parse_method, protocol_grid, resolve)
+from scripts import cost_estimates, paper_numbers, protocol_paper_numbers
+from scripts.methods import (DG_TARGETS, DPC_STAGE1, FEWSHOT_SHOTS, PAPER_DATASETS, SEEDS, VARIANTS, XD_SOURCE,
+                             XD_TARGETS, DPCStage1, GridError, Run, dataset_size, label, parse_method, protocol_grid,
+                             resolve)
 
 MARGIN = 1.0  # points: the marker threshold where only one seed ran
 RULE = (f"* = |ours - paper| > 2 x seed std (population std over our seeds), or > {MARGIN:.1f} point where one "

@@ -68,6 +68,12 @@ def tower_sizes(clip_model):
                       vision_layers=len(visual.transformer.resblocks))
 
 
+def check_prompt_depth(key, depth, layers):
+    """A prompt depth (prompted blocks, the input included) must fit the tower: 1..layers."""
+    if not 1 <= depth <= layers:
+        raise ConfigError(f"{key} must be between 1 and the number of layers ({layers}), got {depth}")
+
+
 def _replace_last(x, tokens):
     """Vision tower: the last n positions become `tokens`."""
     return torch.cat([x[:x.shape[0] - tokens.shape[0]], tokens], dim=0)

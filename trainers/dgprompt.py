@@ -21,10 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
-from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
+from trainers.deep_prompting import DeepPromptedVisionEncoder, check_prompt_depth, tower_sizes
 from trainers.prompting import (PromptedCLIP, assemble_prompts, build_class_prompts, eot_indices, init_context,
                                 mark_shared_prefix, normalize, run_block)
 from trainers.templates import template_for, template_prompts
@@ -100,9 +99,7 @@ class DGPromptLearner(nn.Module):
         super().__init__()
         sizes = tower_sizes(clip_model)
         depth = dgprompt_cfg.DEPTH
-        if not 1 <= depth <= min(sizes.text_layers, sizes.vision_layers):
-            raise ConfigError(f"TRAINER.DGPROMPT.DEPTH must be between 1 and the number of layers "
-                             f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
+        check_prompt_depth("TRAINER.DGPROMPT.DEPTH", depth, min(sizes.text_layers, sizes.vision_layers))
         print(f"{NAME}: depth {depth}, {dgprompt_cfg.N_CTX_T}+{dgprompt_cfg.N_CTX_V} tokens, "
               f"TGV {dgprompt_cfg.TGV}, IGT {dgprompt_cfg.IGT}")
         init = init_context(clip_model, dgprompt_cfg.N_CTX_T, dgprompt_cfg.CTX_INIT, phrase_sets_length=False)

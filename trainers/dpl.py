@@ -22,7 +22,7 @@ from yacs.config import CfgNode as CN
 from engine.errors import ConfigError
 from engine.registry import TRAINERS
 from engine.trainer import TrainerBase
-from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
+from trainers.deep_prompting import DeepPromptedVisionEncoder, check_prompt_depth, tower_sizes
 from trainers.prompting import PromptedCLIP, eot_indices, run_block
 from trainers.templates import template_for, template_prompts
 
@@ -146,9 +146,9 @@ class DPLPromptLearner(nn.Module):
         self.exact = dpl_cfg.MIX == "exact"
         self.alpha_max = dpl_cfg.ALPHA_MAX
         if self.vision:
-            check_depth("DEPTH_V", dpl_cfg.DEPTH_V, sizes.vision_layers)
+            check_prompt_depth("TRAINER.DPL.DEPTH_V", dpl_cfg.DEPTH_V, sizes.vision_layers)
         if self.text:
-            check_depth("DEPTH_T", dpl_cfg.DEPTH_T, sizes.text_layers)
+            check_prompt_depth("TRAINER.DPL.DEPTH_T", dpl_cfg.DEPTH_T, sizes.text_layers)
         if not self.exact:
             check_alpha(dpl_cfg)
         if dpl_cfg.COUPLE == "linear" and (dpl_cfg.BRANCH != "both" or dpl_cfg.N_CTX_V != dpl_cfg.N_CTX_T
@@ -188,11 +188,6 @@ class DPLPromptLearner(nn.Module):
     def alpha(self, tower):
         """Gates (J, heads) in fp32, or None for MIX=exact."""
         return None if self.exact else self.alpha_max * torch.sigmoid(getattr(self, f"beta_{tower}"))
-
-
-def check_depth(key, depth, layers):
-    if not 1 <= depth <= layers:
-        raise ConfigError(f"TRAINER.DPL.{key} must be between 1 and the tower's {layers} layers, got {depth}")
 
 
 def check_alpha(dpl_cfg):

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.registry import TRAINERS
-from engine.errors import ConfigError
 from engine.trainer import CheckpointMismatch, TrainerBase
-from trainers.deep_prompting import DeepPromptedVisionEncoder, tower_sizes
+from trainers.deep_prompting import DeepPromptedVisionEncoder, check_prompt_depth, tower_sizes
 from trainers.prompting import PromptedCLIP, assemble_prompts, build_class_prompts, init_context
 
 LEARNER = "prompt_learner."  # key prefix of the prompt learner's tensors
@@ -36,9 +35,7 @@ class MaPLePromptLearner(nn.Module):
         super().__init__()
         sizes = tower_sizes(clip_model)
         depth = maple_cfg.PROMPT_DEPTH
-        if not 1 <= depth <= min(sizes.text_layers, sizes.vision_layers):
-            raise ConfigError(f"TRAINER.MAPLE.PROMPT_DEPTH must be between 1 and the number of layers "
-                             f"({min(sizes.text_layers, sizes.vision_layers)}), got {depth}")
+        check_prompt_depth("TRAINER.MAPLE.PROMPT_DEPTH", depth, min(sizes.text_layers, sizes.vision_layers))
         dtype = clip_model.dtype
         print("MaPLe design: Multi-modal Prompt Learning")
         # Reference RNG order: [random ctx fill], proj, deep text prompts in index

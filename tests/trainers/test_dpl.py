@@ -177,7 +177,7 @@ def test_cached_and_uncached_logits_agree(clip_fp32, images):
 
 @pytest.mark.parametrize("opts, message", [
     ({"MIX": "joint"}, "MIX must be one of const, exact"),
-    ({"DEPTH_V": 4}, "DEPTH_V must be between 1 and the tower's 3 layers"),
+    ({"DEPTH_V": 4}, "DEPTH_V must be between 1 and the number of layers \\(3\\)"),
     ({"ALPHA_INIT": 0.0}, "saturates the gate"),
     ({"COUPLE": "linear", "BRANCH": "vision"}, "COUPLE linear needs BRANCH both"),
     ({"COUPLE": "linear", "BRANCH": "text"}, "COUPLE linear needs BRANCH both"),
