@@ -8,7 +8,7 @@ from engine.checkpoint import load_checkpoint
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import build_cfg, merge_from_file
 from engine.errors import CheckpointError
-from tests.helpers.cli import REPO, read_results, run_train
+from tests.helpers.cli import REPO, read_results, run_train, train_once
 from tests.helpers.official import make_official_style_checkpoint
 from trainers.maple import MaPLeModel
 
@@ -50,9 +50,7 @@ def test_configs_carry_the_official_settings():
 
 @pytest.fixture(scope="module")
 def maple_run(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("maple") / "train_base"
-    run(MAPLE, data_root, tiny_clip_path, tiny_opts, out)
-    return out
+    return train_once(tmp_path_factory, "maple", lambda out: run(MAPLE, data_root, tiny_clip_path, tiny_opts, out))
 
 
 def test_maple_trains_and_saves_only_the_prompt_learner(maple_run):
@@ -137,9 +135,7 @@ def test_file_without_prompt_learner_keys_is_refused(data_root, tiny_clip_path, 
 
 @pytest.fixture(scope="module")
 def kgcoop_run(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("kgcoop") / "train_base"
-    run(KGCOOP, data_root, tiny_clip_path, tiny_opts, out)
-    return out
+    return train_once(tmp_path_factory, "kgcoop", lambda out: run(KGCOOP, data_root, tiny_clip_path, tiny_opts, out))
 
 
 def test_kgcoop_trains_with_the_official_boolean_ctx_init(kgcoop_run):

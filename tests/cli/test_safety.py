@@ -12,7 +12,7 @@ import train
 from engine.errors import CheckpointError, ConfigError, MissingFileError, OutputDirError, UnknownNameError
 from engine.run_folder import LOCK_FILE
 from engine.trainer import TrainerBase
-from tests.helpers.cli import REPO, read_results, run_train
+from tests.helpers.cli import REPO, read_results, run_train, train_once
 
 COOP_OPTS = ["OPTIM.MAX_EPOCH", "2", "TRAINER.COOP.N_CTX", "4", "DATASET.SUBSAMPLE_CLASSES", "base"]
 
@@ -32,9 +32,7 @@ def coop_argv(data_root, tiny_clip_path, tiny_opts, output_dir, *flags, opts=())
 
 @pytest.fixture(scope="module")
 def coop_run(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("safety") / "coop"
-    coop(data_root, tiny_clip_path, tiny_opts, out)
-    return out
+    return train_once(tmp_path_factory, "safety", lambda out: coop(data_root, tiny_clip_path, tiny_opts, out))
 
 
 def snapshot(folder):

@@ -9,8 +9,8 @@ import torch
 
 from engine.checkpoint import checkpoint_epochs, load_checkpoint
 from engine.errors import DatasetError
-from engine.trainer import TrainerBase
-from tests.helpers.cli import read_results, run_train
+from tests.helpers.cli import read_results, run_train, train_once
+from tests.helpers.interrupt import killed_in_epoch
 from tests.helpers.official import make_official_style_checkpoint
 
 
@@ -23,9 +23,7 @@ def run(data_root, tiny_clip_path, tiny_opts, output_dir, *flags, opts=(), train
 
 @pytest.fixture(scope="module")
 def base_run(data_root, tiny_clip_path, tiny_opts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("coop") / "train_base"
-    run(data_root, tiny_clip_path, tiny_opts, out)
-    return out
+    return train_once(tmp_path_factory, "coop", lambda out: run(data_root, tiny_clip_path, tiny_opts, out))
 
 
 def test_training_writes_checkpoint_log_and_results(base_run):
@@ -144,18 +142,9 @@ def test_interrupted_run_resumes_exactly(data_root, tiny_clip_path, tiny_opts, t
     run(data_root, tiny_clip_path, tiny_opts, uninterrupted, opts=["OPTIM.MAX_EPOCH", "3"])
 
     interrupted = tmp_path / "crashed"
-    original = TrainerBase._run_epoch
-
-    def crash_in_second_epoch(self):
-        if self.epoch == 1:
-            raise KeyboardInterrupt("simulated kill")
-        original(self)
-
-    monkeypatch.setattr(TrainerBase, "_run_epoch", crash_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_epoch(monkeypatch, 1):
         run(data_root, tiny_clip_path, tiny_opts, interrupted, opts=["OPTIM.MAX_EPOCH", "3"])
     assert (interrupted / "prompt_learner" / "resume.pth.tar").exists()
-    monkeypatch.setattr(TrainerBase, "_run_epoch", original)
     run(data_root, tiny_clip_path, tiny_opts, interrupted, opts=["OPTIM.MAX_EPOCH", "3"])
 
     assert "Previous epoch: 1" in open(glob.glob(str(interrupted / "log.txt-*"))[0]).read()

@@ -19,3 +19,10 @@ def run_train(data_root, tiny_clip_path, tiny_opts, trainer, config, output_dir,
 def read_results(directory):
     with open(os.path.join(directory, "results.json")) as f:
         return json.load(f)
+
+
+def train_once(tmp_path_factory, name, train):
+    """A fresh output folder `<tmp>/<name>N/train_base` trained by `train(folder)`; for module-scoped fixtures."""
+    out = tmp_path_factory.mktemp(name) / "train_base"
+    train(out)
+    return out

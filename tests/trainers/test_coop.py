@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import trainers  # noqa: F401
 from engine.clip_loading import load_clip_to_cpu
-from engine.config import build_cfg
+from tests.helpers.models import method_cfg
 from trainers.coop import CoOpModel
 from trainers.prompting import tokenize
 from trainers.zsclip import ZeroshotCLIPModel
@@ -13,11 +13,8 @@ from trainers.zsclip import ZeroshotCLIPModel
 CLASSNAMES = ["face", "leopard", "motorbike"]
 
 
-def coop_cfg(**opts):
-    cfg = build_cfg()
-    for key, value in opts.items():
-        cfg.TRAINER.COOP[key] = value
-    return cfg
+def coop_cfg(**keys):
+    return method_cfg("COOP", keys)
 
 
 def test_fp16_clip_gives_fp16_context(tiny_clip_path):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import trainers  # noqa: F401
 from engine.clip_loading import load_clip_to_cpu
-from engine.config import build_cfg
+from tests.helpers.models import method_cfg, set_trainable
 from trainers.deep_prompting import DeepPromptedVisionEncoder
 from trainers.dgprompt import DGPrompt, DGPromptModel, retention_loss
 from trainers.prompting import PromptedTextEncoder, assemble_prompts, clip_logits, tokenize
@@ -13,20 +13,13 @@ from trainers.prompting import PromptedTextEncoder, assemble_prompts, clip_logit
 CLASSNAMES = ["face", "leopard", "motorbike"]
 
 
-def dgprompt_cfg(**opts):
-    cfg = build_cfg()
-    cfg.DATASET.NAME = "Caltech101"  # anchor template "a photo of a {}."
-    for key, value in {"DEPTH": 3, **opts}.items():
-        cfg.TRAINER.DGPROMPT[key] = value
-    return cfg
+def dgprompt_cfg(**keys):
+    return method_cfg("DGPROMPT", {"DEPTH": 3, **keys}, dataset="Caltech101")  # anchors "a photo of a {}."
 
 
-def build(clip_model, classnames=CLASSNAMES, **opts):
+def build(clip_model, classnames=CLASSNAMES, **keys):
     """A DGPromptModel with requires_grad set as the engine sets it."""
-    model = DGPromptModel(dgprompt_cfg(**opts), classnames, clip_model)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(DGPrompt.trainable))
-    return model
+    return set_trainable(DGPromptModel(dgprompt_cfg(**keys), classnames, clip_model), DGPrompt)
 
 
 def perturb_generators(model, seed=0):

@@ -5,27 +5,20 @@ import torch.nn.functional as F
 
 import trainers  # noqa: F401
 from engine.clip_loading import load_clip_to_cpu
-from engine.config import build_cfg
+from tests.helpers.models import method_cfg, set_trainable
 from trainers.dpl import DPL, DPLModel, condition_prompts, dpl_block, in_projection
 from trainers.prompting import causal_mask, run_block, tokenize
 
 CLASSNAMES = ["face", "leopard", "motorbike"]
 
 
-def dpl_cfg(**opts):
-    cfg = build_cfg()
-    cfg.DATASET.NAME = "Caltech101"  # template "a photo of a {}."
-    for key, value in {"DEPTH_V": 2, "DEPTH_T": 2, **opts}.items():
-        cfg.TRAINER.DPL[key] = value
-    return cfg
+def dpl_cfg(**keys):
+    return method_cfg("DPL", {"DEPTH_V": 2, "DEPTH_T": 2, **keys}, dataset="Caltech101")  # "a photo of a {}."
 
 
-def build(clip_model, classnames=CLASSNAMES, **opts):
+def build(clip_model, classnames=CLASSNAMES, **keys):
     """A DPLModel with requires_grad set as the engine sets it."""
-    model = DPLModel(dpl_cfg(**opts), classnames, clip_model)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(DPL.trainable))
-    return model
+    return set_trainable(DPLModel(dpl_cfg(**keys), classnames, clip_model), DPL)
 
 
 @pytest.fixture

@@ -8,24 +8,15 @@ import torch.nn.functional as F
 
 import trainers  # noqa: F401
 from engine.clip_loading import load_clip_to_cpu
-from engine.config import build_cfg
+from tests.helpers.models import method_cfg, set_trainable
 from trainers.maple import MaPLe, MaPLeModel
 from trainers.prompting import eot_indices, tokenize
 
 CLASSNAMES = ["face", "great_white_shark", "motorbike"]
 
 
-def maple_cfg(**opts):
-    cfg = build_cfg()
-    for key, value in opts.items():
-        cfg.TRAINER.MAPLE[key] = value
-    return cfg
-
-
-def set_trainable(model):
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(MaPLe.trainable))
-    return model
+def maple_cfg(**keys):
+    return method_cfg("MAPLE", keys)
 
 
 def test_tensors_and_dtypes_under_fp16(tiny_clip_path):
@@ -117,7 +108,7 @@ def test_forward_matches_the_layer_by_layer_spec(clip_fp32, depth):
 
 
 def test_gradients_reach_every_prompt_tensor_and_nothing_else(clip_fp32):
-    model = set_trainable(MaPLeModel(maple_cfg(PROMPT_DEPTH=3), CLASSNAMES, copy.deepcopy(clip_fp32)))
+    model = set_trainable(MaPLeModel(maple_cfg(PROMPT_DEPTH=3), CLASSNAMES, copy.deepcopy(clip_fp32)), MaPLe)
     F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 2])).backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad == {n for n, _ in model.named_parameters() if n.startswith("prompt_learner.")}
@@ -127,7 +118,7 @@ def test_gradients_reach_every_prompt_tensor_and_nothing_else(clip_fp32):
 def test_image_branch_alone_trains_the_language_context(clip_fp32):
     """Vision prompts are functions of the text prompts, so cached text features still leave
     a gradient on ctx (through proj) and on the deep text prompts (through the couplings)."""
-    model = set_trainable(MaPLeModel(maple_cfg(PROMPT_DEPTH=2), CLASSNAMES, copy.deepcopy(clip_fp32)))
+    model = set_trainable(MaPLeModel(maple_cfg(PROMPT_DEPTH=2), CLASSNAMES, copy.deepcopy(clip_fp32)), MaPLe)
     text = model.encode_text().detach()
     F.cross_entropy(model(torch.randn(2, 3, 32, 32), text_features=text), torch.tensor([0, 1])).backward()
     assert model.prompt_learner.ctx.grad.abs().sum() > 0
@@ -147,7 +138,7 @@ def test_runs_in_fp16_weights_and_under_bf16_autocast(tiny_clip_path, prec):
     clip_model = load_clip_to_cpu(tiny_clip_path)
     if prec == "bf16":
         clip_model = clip_model.float()
-    model = set_trainable(MaPLeModel(maple_cfg(PROMPT_DEPTH=2), CLASSNAMES, clip_model))
+    model = set_trainable(MaPLeModel(maple_cfg(PROMPT_DEPTH=2), CLASSNAMES, clip_model), MaPLe)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
         logits = model(torch.randn(2, 3, 32, 32))
     assert logits.dtype == (torch.float16 if prec == "fp16" else torch.bfloat16)

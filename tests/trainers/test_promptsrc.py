@@ -5,14 +5,14 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import trainers  # noqa: F401
 from engine.checkpoint import load_checkpoint
 from engine.clip_loading import load_clip_to_cpu
 from engine.config import setup_cfg
-from engine.trainer import TrainerBase, build_trainer, set_random_seed
+from engine.trainer import build_trainer, set_random_seed
 from tests.helpers.cli import REPO, read_results, run_train
+from tests.helpers.interrupt import killed_in_epoch
 from tests.helpers.official import make_official_style_checkpoint
 from train import build_parser
 from trainers.dpc import substituted_parameters
@@ -190,17 +190,8 @@ def test_gpa_mean_outside_the_epochs_warns(data_root, tiny_clip_path, tiny_opts,
 def test_interrupted_run_still_ends_aggregated(gpa_run, data_root, tiny_clip_path, tiny_opts, tmp_path, monkeypatch,
                                                capsys):
     out = tmp_path / "interrupted"
-    original = TrainerBase._run_epoch
-
-    def killed_in_third_epoch(self):
-        if self.epoch == 2:
-            raise KeyboardInterrupt("simulated kill")
-        original(self)
-
-    monkeypatch.setattr(TrainerBase, "_run_epoch", killed_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_epoch(monkeypatch, 2):
         build(data_root, tiny_clip_path, tiny_opts, out, *GPA_OPTS).train()
-    monkeypatch.setattr(TrainerBase, "_run_epoch", original)
     capsys.readouterr()
     resumed = build(data_root, tiny_clip_path, tiny_opts, out, *GPA_OPTS)
     resumed.train()
