@@ -40,7 +40,7 @@ from tabulate import tabulate
 
 from scripts import official_results
 from scripts.methods import PAPER_DATASETS, label
-from scripts.official_logs import TEST_SIGNALS, TRAIN_SIGNALS, read_run
+from engine.official_formats import TEST_SIGNALS, TRAIN_SIGNALS, read_run
 from scripts.official_results import SEED_DIR, population_std
 from scripts.paper_numbers import paper_result
 

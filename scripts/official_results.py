@@ -9,7 +9,7 @@ import os
 import re
 import sys
 
-from scripts.official_logs import TEST_SIGNALS, TRAIN_SIGNALS, read_run
+from engine.official_formats import TEST_SIGNALS, TRAIN_SIGNALS, read_run
 
 SEED_DIR = re.compile(r"^seed(\d+)$")
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import parse_results
-from scripts import official_logs
+from engine import official_formats
 from scripts.paper_numbers import PAPER
 
 HEADER = ["***************", "** Arguments **", "Loading trainer: CoOp"]
@@ -57,22 +57,22 @@ def table_rows(out):
 @pytest.mark.parametrize("printed, expected", [("96.9", 96.9), ("96.92", 96.92), ("1e2", 100.0)])
 def test_one_and_two_decimal_accuracies(tmp_path, printed, expected):
     write(tmp_path / "log.txt", train_log(printed))
-    assert official_logs.read_log(tmp_path / "log.txt", official_logs.TRAIN_SIGNALS) == expected
+    assert official_formats.read_log(tmp_path / "log.txt", official_formats.TRAIN_SIGNALS) == expected
 
 
 def test_result_block_before_the_end_signal_is_ignored(tmp_path):
     write(tmp_path / "log.txt", HEADER + result_block("11.11") + ["Finish training"] + result_block("88.88"))
-    assert official_logs.read_log(tmp_path / "log.txt", official_logs.TRAIN_SIGNALS) == 88.88
+    assert official_formats.read_log(tmp_path / "log.txt", official_formats.TRAIN_SIGNALS) == 88.88
     write(tmp_path / "early.txt", HEADER + result_block("11.11") + ["epoch [2/2] ..."])
-    assert official_logs.read_log(tmp_path / "early.txt", official_logs.TRAIN_SIGNALS) is None
+    assert official_formats.read_log(tmp_path / "early.txt", official_formats.TRAIN_SIGNALS) is None
 
 
 def test_both_end_signal_spellings_and_the_test_log_signal(tmp_path):
     write(tmp_path / "old.txt", train_log("70.00", signal="Finished training"))
-    assert official_logs.read_log(tmp_path / "old.txt", official_logs.TRAIN_SIGNALS) == 70.0
+    assert official_formats.read_log(tmp_path / "old.txt", official_formats.TRAIN_SIGNALS) == 70.0
     write(tmp_path / "eval.txt", HEADER + result_block("65.43"))
-    assert official_logs.read_log(tmp_path / "eval.txt", official_logs.TEST_SIGNALS) == 65.43
-    assert official_logs.read_log(tmp_path / "eval.txt", official_logs.TRAIN_SIGNALS) is None
+    assert official_formats.read_log(tmp_path / "eval.txt", official_formats.TEST_SIGNALS) == 65.43
+    assert official_formats.read_log(tmp_path / "eval.txt", official_formats.TRAIN_SIGNALS) is None
 
 
 def test_official_mode_output_and_a_log_without_the_signal(tmp_path, capsys):
@@ -110,8 +110,8 @@ def test_newest_log_falls_back_past_a_rerun_without_a_result(tmp_path, capsys):
     # the default stays the official parser's: log.txt only
     assert "* accuracy: 45.00% +- 5.00%" in parse(capsys, tmp_path)
     write(tmp_path / "seed2" / "log.txt-2024-01-04-00-00-00", train_log("70.00"))
-    assert official_logs.read_run(tmp_path / "seed2", official_logs.TRAIN_SIGNALS) == (None, None)
-    assert official_logs.read_run(tmp_path / "seed2", official_logs.TRAIN_SIGNALS, newest_log=True)[0] == 70.0
+    assert official_formats.read_run(tmp_path / "seed2", official_formats.TRAIN_SIGNALS) == (None, None)
+    assert official_formats.read_run(tmp_path / "seed2", official_formats.TRAIN_SIGNALS, newest_log=True)[0] == 70.0
 
 
 def test_ci95_arithmetic(tmp_path, capsys):
@@ -146,7 +146,7 @@ def test_results_json_is_preferred_over_the_log(tmp_path, capsys):
     write(os.path.join(run_dir(tmp_path, "test_new", "dtd", 1), "log.txt"), HEADER + result_block("50.00"))
     assert table_rows(parse(capsys, tmp_path))["DTD"][1:4] == ["50.00", "50.00", "50.00"]
     assert table_rows(parse(capsys, tmp_path, "--from-logs"))["DTD"][1:4] == ["60.00", "50.00", "54.55"]
-    assert official_logs.read_run(base, official_logs.TRAIN_SIGNALS)[1] == os.path.join(base, "results.json")
+    assert official_formats.read_run(base, official_formats.TRAIN_SIGNALS)[1] == os.path.join(base, "results.json")
 
 
 def test_table_reads_logs_of_official_runs(tmp_path, capsys):
