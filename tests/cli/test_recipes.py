@@ -7,6 +7,7 @@ import os
 import pytest
 
 import parse_results
+from scripts.cost_estimates import GRID_HOURS
 from scripts.paper_numbers import PAPER
 from scripts import launch as launcher
 from scripts import recipes
@@ -106,8 +107,10 @@ def test_every_recipe_lists_and_prices_on_an_empty_output(tmp_path, capsys):
     plan = capsys.readouterr().out
     assert "264 runs, 0 done, 264 to run" in plan
     # DPC's CoOp column is its stage-1 run (batch 4, 10 epochs, 4 tokens), written by DPC_CoOp's runner.
-    assert "CoOp (DPC's re-run): 0/33 done, 0.20 h left (made by DPC_CoOp's stage 1)" in plan
-    assert "CoOp + DPC: 0/33 done, 1.30 h left" in plan
+    # A full grid of one method over the 11 datasets is its Cost-table hours.
+    stage1_hours, dpc_hours = GRID_HOURS["CoOp:vit_b16_bs4_ep10_lr35"], GRID_HOURS["DPC_CoOp"]
+    assert f"CoOp (DPC's re-run): 0/33 done, {stage1_hours:.2f} h left (made by DPC_CoOp's stage 1)" in plan
+    assert f"CoOp + DPC: 0/33 done, {dpc_hours:.2f} h left" in plan
     assert "estimate (FLOP-based, not measured on a GPU)" in plan
     for name in recipes.RECIPES:  # every recipe renders on an empty folder: all cells missing or n/a
         text = recipes.render(recipes.get(name), str(tmp_path))
