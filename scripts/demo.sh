@@ -19,9 +19,8 @@
 # (--size deep-wide), on the base classes (DIR/teacher/caltech101).
 # The numbers mean nothing. Finished runs are skipped on a second call; delete DIR to start over.
 #
-# Measured on the 2-core development machine (no GPU): the default 37 s, DEMO_METHODS=all (17 methods
-# x 2 seeds = 34 launched runs, plus the teacher) 4 min 36 s, with a load average of 2-3 from other
-# jobs; at a load average of 10-12, 2 min 19 s and 13 min 16 s.
+# Measured on the quiet 2-core development machine (no GPU): the default 38 s, DEMO_METHODS=all
+# (17 methods x 2 seeds = 34 launched runs, plus the teacher) 3 min 28 s.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
