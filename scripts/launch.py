@@ -203,10 +203,6 @@ def run_state(run):
     return FAILED if run.started else NOT_STARTED
 
 
-def status_counts(runs):
-    return Counter(run_state(run) for run in runs)
-
-
 def print_status(runs):
     states = [(run, run_state(run)) for run in runs]
     counts = Counter(state for _, state in states)

@@ -162,10 +162,6 @@ def get(name, add_methods=()):
     return dataclasses.replace(recipe, entries=recipe.entries + added)
 
 
-def split_methods(text):
-    return [m for m in (text or "").split(",") if m]
-
-
 # ----------------------------------------------------------------------------------------------
 # Runs
 # ----------------------------------------------------------------------------------------------
