@@ -93,7 +93,7 @@ def config_label(folder, suffix):
         float(suffix)
     except ValueError:
         return f"{folder}_{suffix}"
-    return f"{folder}_W{suffix}"  # the official KgCoOp scripts put W there (methods/kgcoop.md)
+    return f"{folder}_W{suffix}"  # the official KgCoOp scripts put W there (docs/methods/kgcoop.md)
 
 
 def base2new_root(root):

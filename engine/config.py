@@ -199,9 +199,7 @@ def _check_key(cfg, key, source):
 
 def _type_hint(cfg, key):
     """How to write a value of `key`'s type on the command line or in YAML."""
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
+    node = _value(cfg, key)
     if isinstance(node, bool):
         return "it takes True or False"
     if isinstance(node, float):

@@ -1,7 +1,7 @@
 """CoOp: Learning to Prompt for Vision-Language Models (Zhou et al., IJCV 2022, arXiv 2109.01134).
 
 Learns N_CTX context vectors (shared, or one set per class with CSC) placed around the
-class name; CLIP stays frozen and the loss is cross-entropy. Spec: methods/coop.md.
+class name; CLIP stays frozen and the loss is cross-entropy. Details: docs/methods/coop.md.
 Deviations from the official code: README "Differences from the official code".
 """
 import torch.nn as nn

@@ -2,7 +2,7 @@
 
 Zheng et al., Neural Networks 188, 107472 (2025), doi 10.1016/j.neunet.2025.107472; no arXiv
 version, code or full text is public. This is the labelled reconstruction of
-methods/dgprompt.md ("DGPrompt-R"), reported as "DGPrompt (reconstructed)".
+the method as described in docs/methods/dgprompt.md, reported as "DGPrompt (reconstructed)".
 
 IVLP-style deep prompts in both towers (MaPLe insertion, no coupling), where every layer's
 prompt is a learned base prompt plus a generated residual that reads the *other* frozen tower

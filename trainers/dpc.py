@@ -11,7 +11,7 @@ the backbone's P, so new-class accuracy is the backbone's.
 Written once as `DPCMixin`; `class DPC_CoOp(DPCMixin, CoOp)` applies it to a backbone, and
 "the prompt" is whatever that backbone trains (its `trainable` parameters). Every in-tree
 `DPC_*` trainer is registered here; the backbone files do not know DPC. The official code
-calls DPC "SPLE"; its `SPLE.*` keys are accepted. Spec: methods/dpc.md. Deviations: README.
+calls DPC "SPLE"; its `SPLE.*` keys are accepted. Details: docs/methods/dpc.md. Deviations: README.
 """
 import contextlib
 import copy

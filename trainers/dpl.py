@@ -1,7 +1,7 @@
 """DPL (reconstructed): Decoupled Prompt Learning for Vision-Language Models.
 
 Xu et al., arXiv 2308.10061 (2023). No code or full text is public: this is the labelled
-reconstruction of methods/dpl.md ("DPL-R"), reported as "DPL (reconstructed)".
+reconstruction described in docs/methods/dpl.md, reported as "DPL (reconstructed)".
 
 Prompted attention splits exactly into four sub-processes (instance/prompt queries over
 instance/prompt keys, each with its own softmax). DPL keeps instance-to-instance as CLIP's

@@ -3,7 +3,7 @@
 
 CoOp plus one regulariser: the learned prompts' text features are pulled towards the frozen
 hand-crafted CLIP text features of the same classes ("knowledge"), which keeps new-class
-accuracy close to zero-shot CLIP. Spec: methods/kgcoop.md. Deviations: README "Differences".
+accuracy close to zero-shot CLIP. Details: docs/methods/kgcoop.md. Deviations: README "Differences".
 """
 import copy
 

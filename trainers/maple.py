@@ -3,7 +3,7 @@
 Unlike CoOp, prompts enter both towers and at several depths: N_CTX learned language tokens
 after SOT, a linear coupling (`proj`) that turns them into vision tokens appended after the
 patches, and fresh coupled text/vision prompts that replace those tokens at the input of
-blocks 1..PROMPT_DEPTH-1. Spec: methods/maple.md. Deviations: README "Differences".
+blocks 1..PROMPT_DEPTH-1. Details: docs/methods/maple.md. Deviations: README "Differences".
 """
 import copy
 

@@ -219,7 +219,7 @@ def test_csv_and_latex_formats(tmp_path, capsys):
 
 
 def test_official_kgcoop_layout_keeps_each_w_apart_and_odd_shot_folders_are_skipped(tmp_path, capsys):
-    """KgCoOp's scripts write `train_base/<D>/shots_16_<W>/KgCoOp/vit_b16_ep100_ctxv1/seed<S>` (methods/kgcoop.md)."""
+    """KgCoOp's scripts write `train_base/<D>/shots_16_<W>/KgCoOp/vit_b16_ep100_ctxv1/seed<S>` (docs/methods/kgcoop.md)."""
     cfg = "vit_b16_ep100_ctxv1"
     for w, (b, n) in (("8.0", ("80.00", "70.00")), ("2.0", ("90.00", "60.00"))):
         for phase, lines in (("train_base", train_log(b, signal="Finished training")),
