@@ -12,7 +12,6 @@ else), and is locked while it runs with the lock the shell scripts use (a hidden
 beside it). A finished target (results.json) is skipped; a failing one is reported and the others
 still run. Exit code: the number of failed targets (0: all done).
 """
-import fcntl
 import os
 import sys
 import traceback
@@ -21,14 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import train  # noqa: E402
-
-
-def locked(run_dir):
-    """An exclusive lock on the run's hidden lock file, held until the returned file is closed."""
-    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
-    handle = open(os.path.join(os.path.dirname(os.path.abspath(run_dir)), f".{os.path.basename(run_dir)}.lock"), "w")
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+from scripts.methods import dataset_config_file, run_lock  # noqa: E402
 
 
 def main(argv=None):
@@ -43,14 +35,13 @@ def main(argv=None):
     failed = []
     for item in targets:
         dataset, run_dir = item.split("=", 1)
-        with locked(run_dir):
+        with run_lock(run_dir):
             if os.path.isfile(os.path.join(run_dir, "results.json")):
                 print(f"Done already: {dataset} ({run_dir})")
                 continue
             print(f"=== evaluate on {dataset}: {run_dir}", flush=True)
-            config = os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")
             try:
-                train.main(["--dataset-config-file", config, "--output-dir", run_dir, *shared])
+                train.main(["--dataset-config-file", dataset_config_file(dataset), "--output-dir", run_dir, *shared])
             except (Exception, SystemExit):  # one target's failure (bad data, bad option) spares the others
                 traceback.print_exc()
                 failed.append(dataset)

@@ -20,7 +20,9 @@ Run layouts (those of the official scripts):
 A run (or phase) is done when its `results.json` exists (the trainer writes it atomically after testing).
 """
 import difflib
+import fcntl
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import yaml
@@ -250,8 +252,8 @@ class Run:
 
     @property
     def lock_file(self):
-        """The lock base2new.sh holds while the run is in progress (a hidden `.seedS.lock` beside it)."""
-        return os.path.join(os.path.dirname(self.train_dir), f".{os.path.basename(self.train_dir)}.lock")
+        """The lock base2new.sh holds while the run is in progress."""
+        return run_lock_file(self.train_dir)
 
     @property
     def stage(self):
@@ -271,6 +273,27 @@ class Run:
 
 class GridError(ValueError):
     pass
+
+
+def run_lock_file(run_dir):
+    """The lock a run's script holds while the run is in progress: a hidden `.<run folder>.lock` beside it."""
+    run_dir = os.path.abspath(run_dir)
+    return os.path.join(os.path.dirname(run_dir), f".{os.path.basename(run_dir)}.lock")
+
+
+@contextmanager
+def run_lock(run_dir):
+    """Hold the run's lock (`run_lock_file`); a second caller waits here. Yields the open lock file."""
+    path = run_lock_file(run_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield lock
+
+
+def dataset_config_file(dataset):
+    """configs/datasets/<dataset>.yaml, the dataset's config (it exists for every dataset the scripts know)."""
+    return os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")
 
 
 def resolve(method, dataset, seed, cfg="", output="output", shots=None, tag=""):
@@ -421,7 +444,7 @@ class ProtocolRun:
 
     @property
     def lock_file(self):
-        return os.path.join(os.path.dirname(self.run_dir), f".{os.path.basename(self.run_dir)}.lock")
+        return run_lock_file(self.run_dir)
 
     @property
     def stage(self):
@@ -472,7 +495,7 @@ def _protocol_config(method, protocol, dataset, shots, cfg):
 
 def resolve_fewshot(method, dataset, shots, seed, cfg="", output="output", tag=""):
     """The few-shot run of `method` on all classes of `dataset` with `shots` per class and `seed`."""
-    if not os.path.isfile(os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")):
+    if not os.path.isfile(dataset_config_file(dataset)):
         raise GridError(f"Unknown dataset '{dataset}' (no configs/datasets/{dataset}.yaml)")
     shots, seed = int(shots), int(seed)
     entry, setting, name, config_file = _protocol_config(method, "fewshot", dataset, shots, cfg)
@@ -491,7 +514,7 @@ def resolve_xd(method, seed, target="", cfg="", output="output", shots=16, tag="
     with `target`, the evaluation of that source's model on `target`. A class-specific context is refused:
     it holds one context per ImageNet class and fits no other class list."""
     target = target or XD_SOURCE
-    if not os.path.isfile(os.path.join(REPO, "configs", "datasets", f"{target}.yaml")):
+    if not os.path.isfile(dataset_config_file(target)):
         raise GridError(f"Unknown target '{target}' (no configs/datasets/{target}.yaml)")
     shots, seed = int(shots), int(seed)
     entry, setting, name, config_file = _protocol_config(method, "xd", XD_SOURCE, shots, cfg)

@@ -13,21 +13,20 @@ failing train.py fails its run.
 A run is locked while it runs (`flock` on a hidden `.<run folder>.lock` beside it; scripts/launch.py
 reads the same lock), so a second caller waits, then finds it done.
 """
-import fcntl
 import itertools
 import os
 import re
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from scripts.methods import (DPC_STAGE1, METHODS, XD_SOURCE, DPCStage1, GridError, parse_method,  # noqa: E402
-                             protocol_grid, resolve, resolve_fewshot, resolve_xd, split_list)
+from scripts.methods import (DPC_STAGE1, METHODS, XD_SOURCE, DPCStage1, GridError, dataset_config_file,  # noqa: E402
+                             parse_method, protocol_grid, resolve, resolve_fewshot, resolve_xd, run_lock,
+                             split_list)
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*\.")  # an optional positional argument vs. the first KEY (OPTIM.LR)
 SCRIPT_KEYS = ("DATASET.NUM_SHOTS", "DATASET.SUBSAMPLE_CLASSES")  # set by the scripts themselves
@@ -113,15 +112,6 @@ def train(env, *args, python_file="train.py"):
         raise Stop("", status)
 
 
-@contextmanager
-def run_lock(run_dir):
-    """Hold the run's lock (a hidden `.<run folder>.lock` beside it); a second caller waits here."""
-    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
-    with open(os.path.join(os.path.dirname(run_dir), f".{os.path.basename(run_dir)}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield lock
-
-
 def resolved(script, code, resolver, *args):
     """`resolver(*args)`; its GridError stops the script with `code`, as `<script>: <error>`."""
     try:
@@ -143,7 +133,7 @@ def say(text):
 # ----------------------------------------------------------------------------------------------
 def base2new(env, method, dataset, seed, cfg="", extra=()):
     """One base-to-new run of `method` (both phases, or PHASE's), skipping finished phases."""
-    dataset_config = os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")
+    dataset_config = dataset_config_file(dataset)
     if not os.path.isfile(dataset_config):
         raise Stop(f"base2new.sh: unknown dataset '{dataset}' (no {dataset_config})", 2)
     run = resolved("base2new.sh", 1, resolve, method, dataset, seed, cfg, env.output, env.shots or None, env.tag)
@@ -200,8 +190,7 @@ def dpc(env, backbone, dataset, seed, extra=()):
     run = resolved("base2new.sh", 1, resolve, trainer, dataset, seed, cfg, env.output, shots, env.tag)
     env = replace(env, shots=shots)
     common = ["--root", env.data, "--seed", str(seed), "--trainer", trainer, "--dataset-config-file",
-              os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml"), "--config-file", run.config_file,
-              *env.module_args()]
+              dataset_config_file(dataset), "--config-file", run.config_file, *env.module_args()]
     # The run layout fixes the shots and the stage-1 folder; TRAINER.DPC.BACKBONE_EPOCH is the user's
     # (default -1: the latest stage-1 checkpoint).
     opts = [*extra, "DATASET.NUM_SHOTS", str(shots), "TRAINER.DPC.BACKBONE_DIR", stage1_dir]
@@ -288,7 +277,7 @@ def fewshot_run(env, method, cfg, dataset, shots, seed, extra):
             say(f"Done already: {run.name} ({run.run_dir})")
             return
         common = ["--root", env.data, "--trainer", method, "--dataset-config-file",
-                  os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml"), "--config-file", run.config_file,
+                  dataset_config_file(dataset), "--config-file", run.config_file,
                   "--output-dir", run.run_dir, *env.module_args()]
         if run.eval_only:  # zero-shot CLIP: every class, the full test split, no seed
             train(env, *common, "--eval-only", *run.opts, *extra)
@@ -365,7 +354,7 @@ def xd_source(env, method, cfg, seed, extra):
             raise Stop(f"xd.sh: the source run {run.run_dir} is not finished (no results.json); train it first: "
                        f"bash scripts/xd.sh {spec(method, cfg)} {seed} none", 1)
         common, stage1 = xd_common(env, run)
-        common += ["--dataset-config-file", os.path.join(REPO, "configs", "datasets", f"{XD_SOURCE}.yaml"),
+        common += ["--dataset-config-file", dataset_config_file(XD_SOURCE),
                    "--output-dir", run.run_dir]
         if run.eval_only:  # zero-shot CLIP: every class, the full test split, no seed
             train(env, *common, "--eval-only", *run.opts, *extra)
