@@ -10,7 +10,7 @@ import os
 from engine.config import setup_cfg
 from engine.registry import TRAINERS
 from engine.trainer import build_trainer, set_random_seed
-from scripts.methods import METHODS, default_config_file
+from scripts.methods import METHODS, dataset_config_file, default_config_file
 from tests.helpers.cli import REPO
 from tests.helpers.tiny_clip import TINY_CLIP
 from train import build_parser
@@ -71,7 +71,7 @@ def build(name, data_root, tiny_clip_path, tiny_opts, output_dir, opts=(), *, co
     """
     config = config_file(name) if config is None else config
     argv = ["--root", data_root, "--seed", "1", "--trainer", name, "--backbone", tiny_clip_path,
-            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml"),
+            "--dataset-config-file", dataset_config_file(dataset),
             "--output-dir", str(output_dir)]
     if config:
         argv += ["--config-file", config]
