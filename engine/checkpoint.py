@@ -14,7 +14,7 @@ import zipfile
 
 import torch
 
-from engine.errors import CheckpointError, MissingFileError, refused_global, short_reason
+from engine.errors import UNREADABLE_FILE_ERRORS, CheckpointError, MissingFileError, refused_global, short_reason
 from engine.io import atomic_torch_save, atomic_write_text
 from engine.official_formats import UnsafeCheckpointError, read_official_checkpoint
 
@@ -69,7 +69,7 @@ def load_checkpoint(path):
             checkpoint = read_official_checkpoint(path)
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"{path}: {err}") from None
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+    except UNREADABLE_FILE_ERRORS as err:
         raise CheckpointError(
             f"Cannot read checkpoint {path} ({short_reason(err)}): the file is truncated or corrupt (an interrupted "
             "copy?). Copy it again, or remove it to train that epoch again") from err

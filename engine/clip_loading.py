@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import torch
 
-from engine.errors import BackboneError, MissingFileError, refused_global, short_reason
+from engine.errors import UNREADABLE_FILE_ERRORS, BackboneError, MissingFileError, refused_global, short_reason
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # clip imports the deprecated pkg_resources
@@ -95,7 +95,7 @@ def read_clip_state_dict(path):
                 "state dict)") from err
         raise BackboneError(f"Cannot read {path} as a PyTorch file ({short_reason(err)}): it is not an "
                             "OpenAI-format CLIP checkpoint, or it is truncated") from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except UNREADABLE_FILE_ERRORS as err:
         raise BackboneError(f"Cannot read {path} as a PyTorch file ({short_reason(err)}): it is not an "
                             "OpenAI-format CLIP checkpoint, or it is truncated") from err
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
@@ -199,8 +199,7 @@ def read_torchscript_weights(path):
             declared = _declared_tensors(archive, prefix)
     except BackboneError:
         raise
-    except (zipfile.BadZipFile, KeyError, EOFError, pickle.UnpicklingError, ValueError, TypeError,
-            AttributeError, IndexError, RuntimeError) as err:
+    except (zipfile.BadZipFile, *UNREADABLE_FILE_ERRORS) as err:
         raise BackboneError(f"Cannot read {path} as a TorchScript archive ({short_reason(err)}): it is "
                             "truncated or not an OpenAI-format CLIP file") from err
     state_dict = OrderedDict()

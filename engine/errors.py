@@ -5,6 +5,13 @@ without a traceback (`--debug` or `TRAIN_DEBUG=1` show it). Anything else keeps 
 Each subclass also derives from the built-in type that code catching it already expects.
 Out-of-tree trainers raise `ConfigError` for a bad value of their own keys.
 """
+import pickle
+import struct
+
+# What parsing a damaged or foreign file raises (torch's and pickle's unpicklers read arbitrary bytes
+# as opcodes, so random data fails with almost any of these): the file cannot be read.
+UNREADABLE_FILE_ERRORS = (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError, TypeError, KeyError,
+                          IndexError, AttributeError, struct.error)
 
 
 class UserError(Exception):

@@ -56,6 +56,18 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
         load_checkpoint(path)
 
 
+# A protocol-2 pickle whose first opcode (APPENDS) pops an empty stack: torch's unpickler raises a bare
+# IndexError, as random bytes sometimes do.
+STACK_UNDERFLOW_PICKLE = b"\x80\x02e."
+
+
+def test_garbage_that_breaks_the_unpickler_is_an_unreadable_checkpoint(tmp_path):
+    path = tmp_path / "model.pth.tar-1"
+    path.write_bytes(STACK_UNDERFLOW_PICKLE)
+    with pytest.raises(CheckpointError, match=r"Cannot read checkpoint .*IndexError"):
+        load_checkpoint(str(path))
+
+
 def test_torchscript_archive_as_checkpoint_is_refused_unopened(tmp_path):
     from tests.helpers.crafted import make_tiny_clip_archive
 

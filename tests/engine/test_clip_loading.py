@@ -71,6 +71,10 @@ def test_garbage_and_non_clip_files_say_what_they_are_not(tmp_path, tiny_clip_pa
     torch.save(partial, tmp_path / "partial.pt")
     with pytest.raises(BackboneError, match="not a complete OpenAI-format CLIP"):
         load_clip_to_cpu(str(tmp_path / "partial.pt"))
+    underflow = tmp_path / "underflow.pt"  # torch's unpickler raises a bare IndexError on it
+    underflow.write_bytes(b"\x80\x02e.")
+    with pytest.raises(BackboneError, match="Cannot read .*underflow.pt as a PyTorch file"):
+        load_clip_to_cpu(str(underflow))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(open(tiny_clip_path, "rb").read()[:5000])
     with pytest.raises(BackboneError, match="truncated"):
