@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import torch
 
-from engine.errors import CheckpointError, DatasetError, short_reason
+from engine.errors import UNREADABLE_FILE_ERRORS, CheckpointError, DatasetError, short_reason
 
 
 # ----------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def read_official_pickle(path, dataset_root):
             raw = _DasslDatumUnpickler(f).load()
         if not isinstance(raw, dict):
             raise TypeError(f"a {type(raw).__name__}, not a dict of record lists")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+    except UNREADABLE_FILE_ERRORS as err:
         raise DatasetError(f"Cannot use the cache {path} ({short_reason(err)}): it is not an official Dassl "
                            "cache, or it is damaged. Delete it; the run rebuilds it") from err
     folder = os.path.basename(os.path.normpath(dataset_root))
